@@ -1,0 +1,456 @@
+//! `[[mapping]]` rules: statsd_exporter-style globs and anchored regexes that rename a StatsD
+//! name, add labels from captures, filter by type, drop, or override ttl, buckets and help.
+//!
+//! Rules compile once per config into one [`regex::RegexSet`] (globs are translated to
+//! anchored regexes first), so finding the first matching rule is a single automaton pass
+//! however many rules there are; only the winning rule's own regex runs again, for its
+//! captures. And that happens only on a worker's cache miss: a raw name the worker has
+//! resolved before never reaches the mapper until a reload invalidates its cache.
+//!
+//! Glob syntax: the name is split on `.`; a `*` matches within one segment (never a `.`), so
+//! `api.*.requests` matches `api.users.requests` and not `api.v1.users.requests`. Captures are
+//! numbered from 1 in order. Templates use `$1` or `${1}`; write `${1}_x` rather than `$1_x`,
+//! which reads as a capture named `1_x` (the same rule as Go's and statsd_exporter's).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::{Regex, RegexSet};
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use super::{ConfigError, line_col};
+use crate::parse::MetricType;
+
+/// One `[[mapping]]` table as written.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MappingRule {
+    /// Glob over the dot-separated StatsD name.
+    #[serde(rename = "match", default)]
+    pub glob: Option<Spanned<String>>,
+    /// Regex over the StatsD name; anchored at both ends.
+    #[serde(default)]
+    pub regex: Option<Spanned<String>>,
+    /// Only samples of this kind match.
+    #[serde(rename = "type", default)]
+    pub kind: Option<RuleKind>,
+    /// The Prometheus name, with `$n` captures. Required for `action = "map"`.
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// Extra labels; values may use captures.
+    #[serde(default)]
+    pub labels: Option<Spanned<BTreeMap<String, String>>>,
+    /// `map` (default) or `drop`.
+    #[serde(default)]
+    pub action: Action,
+    /// Overrides `[defaults] ttl`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub ttl: Option<Duration>,
+    /// Overrides the default buckets for observers.
+    #[serde(default, deserialize_with = "opt_buckets")]
+    pub buckets: Option<Vec<f64>>,
+    /// HELP text of the family.
+    #[serde(default)]
+    pub help: Option<String>,
+    /// Multiplies every value (applied after the timer's ms-to-seconds conversion is skipped:
+    /// a mapped timer with `scale` gets exactly `value * scale`).
+    #[serde(default)]
+    pub scale: Option<f64>,
+}
+
+/// The `type` filter of a rule.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleKind {
+    /// `c`.
+    Counter,
+    /// `g`.
+    Gauge,
+    /// `ms`, `h`, `d`.
+    Observer,
+    /// `s`.
+    Set,
+}
+
+impl RuleKind {
+    fn admits(self, t: MetricType) -> bool {
+        match self {
+            Self::Counter => t == MetricType::Counter,
+            Self::Gauge => t == MetricType::Gauge,
+            Self::Observer => t.is_observer(),
+            Self::Set => t == MetricType::Set,
+        }
+    }
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Rename and label.
+    #[default]
+    Map,
+    /// Drop the sample (counted by rule).
+    Drop,
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    super::duration(d).map(Some)
+}
+
+fn opt_buckets<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f64>>, D::Error> {
+    super::buckets(d).map(Some)
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+struct Rule {
+    regex: Regex,
+    kind: Option<RuleKind>,
+    name: String,
+    labels: Vec<(String, String)>,
+    action: Action,
+    ttl: Option<Duration>,
+    buckets: Option<Arc<[f64]>>,
+    help: Option<Arc<str>>,
+    scale: Option<f64>,
+}
+
+/// The compiled rules of one config.
+#[derive(Debug, Default)]
+pub struct Mapper {
+    rules: Vec<Rule>,
+    set: Option<RegexSet>,
+}
+
+/// The outcome of mapping one name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mapped {
+    /// No rule matched.
+    Unmapped,
+    /// Rule `rule` (0-based, file order) says drop.
+    Drop {
+        /// Index of the rule.
+        rule: usize,
+    },
+    /// Rule `rule` renamed the sample.
+    Map {
+        /// Index of the rule.
+        rule: usize,
+        /// The expanded name (not yet sanitised).
+        name: String,
+        /// Expanded labels.
+        labels: Vec<(String, String)>,
+        /// ttl override.
+        ttl: Option<Duration>,
+        /// Bucket override.
+        buckets: Option<Arc<[f64]>>,
+        /// HELP text.
+        help: Option<Arc<str>>,
+        /// Value factor.
+        scale: Option<f64>,
+    },
+}
+
+/// Translates a glob into an anchored regex: `*` becomes one segment's worth of characters.
+fn glob_to_regex(glob: &str) -> Result<String, String> {
+    if glob.is_empty() {
+        return Err("empty glob".into());
+    }
+    if glob.split('.').any(str::is_empty) {
+        return Err(format!("glob {glob:?} has an empty segment"));
+    }
+    let mut re = String::from("^");
+    for (i, seg) in glob.split('.').enumerate() {
+        if i > 0 {
+            re.push_str("\\.");
+        }
+        for (j, lit) in seg.split('*').enumerate() {
+            if j > 0 {
+                re.push_str("([^.]*)");
+            }
+            if lit.chars().any(|c| "[]{}()?+|^$\\".contains(c)) {
+                return Err(format!("glob {glob:?}: only `*` is special in a glob; use `regex` for {lit:?}"));
+            }
+            re.push_str(&regex::escape(lit));
+        }
+    }
+    re.push('$');
+    Ok(re)
+}
+
+fn anchored(re: &str) -> String {
+    let inner = re.strip_prefix('^').unwrap_or(re);
+    let inner = match inner.strip_suffix('$') {
+        Some(i) if !i.ends_with('\\') => i,
+        _ => inner,
+    };
+    format!("^(?:{inner})$")
+}
+
+/// Checks that every `$n` / `${n}` / `$name` reference in `template` exists in `re`.
+fn check_refs(template: &str, re: &Regex) -> Result<(), String> {
+    let b = template.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'$' {
+            i += 1;
+            continue;
+        }
+        i += 1;
+        if i < b.len() && b[i] == b'$' {
+            i += 1;
+            continue;
+        }
+        let (name, next) = if i < b.len() && b[i] == b'{' {
+            match template[i + 1..].find('}') {
+                Some(end) => (&template[i + 1..i + 1 + end], i + 2 + end),
+                None => return Err(format!("unclosed ${{ in {template:?}")),
+            }
+        } else {
+            let end = template[i..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(b.len(), |e| i + e);
+            (&template[i..end], end)
+        };
+        i = next;
+        if name.is_empty() {
+            continue;
+        }
+        match name.parse::<usize>() {
+            Ok(n) if n < re.captures_len() => {}
+            Ok(n) => return Err(format!("capture ${n} is out of range: the pattern has {} capture group(s)", re.captures_len() - 1)),
+            Err(_) if re.capture_names().flatten().any(|c| c == name) => {}
+            Err(_) => return Err(format!("no capture named {name:?} in the pattern (write ${{1}}_x, not $1_x)")),
+        }
+    }
+    Ok(())
+}
+
+fn is_label_name(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(f) if f.is_ascii_alphabetic() || f == '_') && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl Mapper {
+    /// Compiles `rules`; errors carry the line and column of the offending value in `text`.
+    /// Returns the mapper and the warnings (rules an earlier rule always shadows).
+    pub fn compile(rules: &[MappingRule], text: &str) -> Result<(Self, Vec<ConfigError>), ConfigError> {
+        let err = |span: std::ops::Range<usize>, key: &str, message: String| {
+            let (line, column) = line_col(text, span.start);
+            ConfigError {
+                line,
+                column,
+                key: Some(format!("mapping.{key}")),
+                message,
+            }
+        };
+        let mut compiled = Vec::with_capacity(rules.len());
+        let mut sources = Vec::with_capacity(rules.len());
+        let mut warnings = Vec::new();
+        for (idx, r) in rules.iter().enumerate() {
+            let (pattern, span, key) = match (&r.glob, &r.regex) {
+                (Some(g), None) => (glob_to_regex(g.get_ref()).map_err(|m| err(g.span(), "match", m))?, g.span(), "match"),
+                (None, Some(re)) => (anchored(re.get_ref()), re.span(), "regex"),
+                (Some(g), Some(_)) => return Err(err(g.span(), "match", "a rule has either `match` or `regex`, not both".into())),
+                (None, None) => {
+                    let at = text.match_indices("[[mapping]]").nth(idx).map_or(0, |(i, _)| i);
+                    return Err(err(at..at, "match", "a rule needs `match` (glob) or `regex`".into()));
+                }
+            };
+            let regex = Regex::new(&pattern).map_err(|e| err(span.clone(), key, format!("invalid pattern: {e}")))?;
+            let name = match (&r.name, r.action) {
+                (Some(n), _) => {
+                    check_refs(n.get_ref(), &regex).map_err(|m| err(n.span(), "name", m))?;
+                    if n.get_ref().is_empty() {
+                        return Err(err(n.span(), "name", "must not be empty".into()));
+                    }
+                    n.get_ref().clone()
+                }
+                (None, Action::Drop) => String::new(),
+                (None, Action::Map) => return Err(err(span, key, "a rule with action = \"map\" needs a `name`".into())),
+            };
+            let mut labels = Vec::new();
+            if let Some(l) = &r.labels {
+                for (k, v) in l.get_ref() {
+                    if !is_label_name(k) || k.starts_with("__") {
+                        return Err(err(l.span(), "labels", format!("{k:?} is not a valid label name")));
+                    }
+                    check_refs(v, &regex).map_err(|m| err(l.span(), "labels", m))?;
+                    labels.push((k.clone(), v.clone()));
+                }
+            }
+            if let Some(s) = r.scale
+                && !(s.is_finite() && s != 0.0)
+            {
+                let at = text.match_indices("scale").next().map_or(0, |(i, _)| i);
+                return Err(err(at..at, "scale", "must be a finite, non-zero number".into()));
+            }
+            // A rule is shadowed when an earlier rule with a filter at least as wide matches a
+            // superset of its names: the same pattern, a catch-all, or a glob that is
+            // segment-wise at least as general.
+            for (j, prev) in rules[..idx].iter().enumerate() {
+                let wider_type = prev.kind.is_none() || prev.kind == r.kind;
+                if wider_type {
+                    let covers = match (&prev.glob, &r.glob, &prev.regex) {
+                        (Some(pg), Some(g), _) => glob_covers(pg.get_ref(), g.get_ref()),
+                        (_, _, Some(pr)) => {
+                            matches!(pr.get_ref().as_str(), ".*" | "^.*$" | "^.*" | ".*$" | "(.*)" | "^(.*)$")
+                                || r.regex.as_ref().is_some_and(|re| re.get_ref() == pr.get_ref())
+                        }
+                        _ => false,
+                    };
+                    if covers {
+                        let (line, column) = line_col(text, span.start);
+                        warnings.push(ConfigError {
+                            line,
+                            column,
+                            key: Some(format!("mapping.{key}")),
+                            message: format!(
+                                "rule {} can never match: rule {} (line {}) matches every name it does and comes first",
+                                idx + 1,
+                                j + 1,
+                                line_col(text, prev.glob.as_ref().or(prev.regex.as_ref()).map_or(0, |s| s.span().start)).0
+                            ),
+                        });
+                        break;
+                    }
+                }
+            }
+            sources.push(pattern);
+            compiled.push(Rule {
+                regex,
+                kind: r.kind,
+                name,
+                labels,
+                action: r.action,
+                ttl: r.ttl,
+                buckets: r.buckets.as_ref().map(|b| Arc::from(b.as_slice())),
+                help: r.help.as_deref().map(Arc::from),
+                scale: r.scale,
+            });
+        }
+        let set = if sources.is_empty() {
+            None
+        } else {
+            Some(RegexSet::new(&sources).map_err(|e| ConfigError {
+                line: 0,
+                column: 0,
+                key: Some("mapping".into()),
+                message: format!("mapping rules too large to compile together: {e}"),
+            })?)
+        };
+        Ok((Self { rules: compiled, set }, warnings))
+    }
+
+    /// True when there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Maps a StatsD name (tags already split off) of type `kind`.
+    pub fn map(&self, name: &str, kind: MetricType) -> Mapped {
+        let Some(set) = &self.set else {
+            return Mapped::Unmapped;
+        };
+        let matches = set.matches(name);
+        // RegexSet yields matching rule indexes in increasing order: the first admissible one
+        // in file order wins.
+        let Some(idx) = matches.iter().find(|&i| self.rules[i].kind.is_none_or(|k| k.admits(kind))) else {
+            return Mapped::Unmapped;
+        };
+        let rule = &self.rules[idx];
+        if rule.action == Action::Drop {
+            return Mapped::Drop { rule: idx };
+        }
+        let Some(caps) = rule.regex.captures(name) else {
+            return Mapped::Unmapped;
+        };
+        let expand = |t: &str| {
+            let mut out = String::new();
+            caps.expand(t, &mut out);
+            out
+        };
+        Mapped::Map {
+            rule: idx,
+            name: expand(&rule.name),
+            labels: rule.labels.iter().map(|(k, v)| (k.clone(), expand(v))).collect(),
+            ttl: rule.ttl,
+            buckets: rule.buckets.clone(),
+            help: rule.help.clone(),
+            scale: rule.scale,
+        }
+    }
+}
+
+/// True if glob `a` matches every name glob `b` matches.
+fn glob_covers(a: &str, b: &str) -> bool {
+    let (sa, sb): (Vec<_>, Vec<_>) = (a.split('.').collect(), b.split('.').collect());
+    sa.len() == sb.len() && sa.iter().zip(&sb).all(|(x, y)| *x == "*" || x == y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn mapper(text: &str) -> (Mapper, Vec<ConfigError>) {
+        let c = Config::from_toml(text).unwrap();
+        Mapper::compile(&c.mapping, text).unwrap()
+    }
+
+    #[test]
+    fn glob_captures_and_order() {
+        let (m, w) = mapper(
+            "[[mapping]]\nregex = 'api\\.(\\w+)\\.requests'\nname = \"re_${1}\"\n\
+             [[mapping]]\nmatch = \"api.*.requests\"\nname = \"glob_$1\"\nlabels = { ep = \"$1\" }\n",
+        );
+        assert!(w.is_empty());
+        match m.map("api.users.requests", MetricType::Counter) {
+            Mapped::Map { rule, name, .. } => assert_eq!((rule, name.as_str()), (0, "re_users")),
+            other => panic!("{other:?}"),
+        }
+        match m.map("api.a-b.requests", MetricType::Counter) {
+            Mapped::Map { rule, name, labels, .. } => {
+                assert_eq!((rule, name.as_str()), (1, "glob_a-b"));
+                assert_eq!(labels, vec![("ep".to_string(), "a-b".to_string())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.map("api.v1.users.requests", MetricType::Counter), Mapped::Unmapped);
+    }
+
+    #[test]
+    fn type_filter_and_drop() {
+        let (m, _) = mapper("[[mapping]]\nmatch = \"x.*\"\ntype = \"gauge\"\naction = \"drop\"\n[[mapping]]\nmatch = \"x.*\"\nname = \"x\"\n");
+        assert_eq!(m.map("x.y", MetricType::Gauge), Mapped::Drop { rule: 0 });
+        assert!(matches!(m.map("x.y", MetricType::Counter), Mapped::Map { rule: 1, .. }));
+    }
+
+    #[test]
+    fn bad_rules_are_located() {
+        for (text, line, key) in [
+            ("[[mapping]]\nmatch = \"a.*\"\nname = \"x_$2\"\n", 3, "mapping.name"),
+            ("[[mapping]]\nregex = \"a(\"\nname = \"x\"\n", 2, "mapping.regex"),
+            ("[[mapping]]\nmatch = \"a..b\"\nname = \"x\"\n", 2, "mapping.match"),
+            ("[[mapping]]\nmatch = \"a.*\"\n", 2, "mapping.match"),
+            ("\n[[mapping]]\nname = \"x\"\n", 2, "mapping.match"),
+            ("[[mapping]]\nmatch = \"a.*\"\nname = \"x\"\nlabels = { \"bad-name\" = \"1\" }\n", 4, "mapping.labels"),
+        ] {
+            let c = Config::from_toml(text).unwrap();
+            let e = Mapper::compile(&c.mapping, text).unwrap_err();
+            assert_eq!((e.line, e.key.as_deref()), (line, Some(key)), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn shadowed_rules_warn() {
+        let (_, w) = mapper("[[mapping]]\nmatch = \"a.*\"\nname = \"x\"\n[[mapping]]\nmatch = \"a.b\"\nname = \"y\"\n");
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].line, 5);
+        let (_, w) = mapper("[[mapping]]\nmatch = \"a.*\"\ntype = \"gauge\"\nname = \"x\"\n[[mapping]]\nmatch = \"a.b\"\nname = \"y\"\n");
+        assert!(w.is_empty());
+    }
+}

@@ -1,0 +1,549 @@
+//! The TOML configuration: serde types with their defaults, validation, and the live handle.
+//!
+//! Every check that can be tied to a key happens while deserialising (durations, sizes,
+//! addresses, buckets, globs, regexes, capture references), so every error carries the line
+//! and column of the offending value and the name of its key. An empty file is valid and equal
+//! to the embedded defaults (`tallyd` with no `--config`). The contract is
+//! `shared/spec/config.md`; `config/tallyd.toml` documents every key.
+//!
+//! Reloading lives in [`live`]: a new file is parsed and validated off the hot path and
+//! published whole through the [`crate::sync::Cell`] (arc-swap), so a bad file never replaces a
+//! good one and workers never take a lock to read the config.
+
+pub mod live;
+pub mod mapping;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+pub use mapping::{Mapper, MappingRule};
+
+/// One configuration error, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line, 0 when the error is not tied to a place (an unreadable file).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// The key the error is about, when known.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line > 0 {
+            write!(f, "line {}, column {}: ", self.line, self.column)?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "key `{key}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[http]`: the exposition and lifecycle endpoint.
+    pub http: Http,
+    /// `[[udp]]`: UDP listeners; absent means one on 127.0.0.1:8125, `udp = []` means none.
+    pub udp: Vec<Udp>,
+    /// `[[tcp]]`: TCP line listeners; none by default.
+    pub tcp: Vec<Tcp>,
+    /// `[[unixgram]]`: Unix datagram listeners; none by default.
+    pub unixgram: Vec<Unixgram>,
+    /// `[parse]`: which protocol dialects are on.
+    pub parse: Parse,
+    /// `[defaults]`: ttl, buckets and set window for series no mapping overrides.
+    pub defaults: Defaults,
+    /// `[limits]`: bounds on series.
+    pub limits: Limits,
+    /// `[[mapping]]`: rules tried in file order; the first match wins.
+    pub mapping: Vec<MappingRule>,
+    /// `[log]`: log level and format.
+    pub log: Log,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http: Http::default(),
+            udp: vec![Udp::default()],
+            tcp: Vec::new(),
+            unixgram: Vec::new(),
+            parse: Parse::default(),
+            defaults: Defaults::default(),
+            limits: Limits::default(),
+            mapping: Vec::new(),
+            log: Log::default(),
+        }
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Address of `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload`.
+    pub listen: SocketAddr,
+    /// Allow `POST /-/reload`.
+    pub enable_lifecycle: bool,
+    /// Most concurrent HTTP connections; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Time allowed to read a request's headers.
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9102".parse().expect("static address"),
+            enable_lifecycle: false,
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[[udp]]`: one UDP listener, served by `workers` threads on SO_REUSEPORT sockets.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields, default)]
+pub struct Udp {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Worker threads (each its own socket and shard); 0 = one per CPU core.
+    pub workers: usize,
+    /// SO_RCVBUF asked for, per socket; the size the kernel granted is reported.
+    #[serde(deserialize_with = "size")]
+    pub recv_buffer: u64,
+    /// Largest datagram read whole; a longer one is counted as truncated.
+    #[serde(deserialize_with = "size")]
+    pub max_datagram_size: u64,
+    /// Datagrams read per `recvmmsg` call.
+    pub batch: usize,
+}
+
+impl Default for Udp {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8125".parse().expect("static address"),
+            workers: 0,
+            recv_buffer: 8 << 20,
+            max_datagram_size: 65535,
+            batch: 32,
+        }
+    }
+}
+
+impl Udp {
+    /// The `listener` label of this listener's metrics.
+    pub fn label(&self) -> String {
+        format!("udp://{}", self.listen)
+    }
+
+    /// Workers to run, `0` resolved to the core count.
+    pub fn worker_count(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.workers
+        }
+    }
+}
+
+/// `[[tcp]]`: one TCP listener of `\n`-terminated lines.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tcp {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// A longer line is dropped and counted; the connection stays open.
+    #[serde(deserialize_with = "size")]
+    pub max_line_length: u64,
+    /// Most open connections; more are refused and counted.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Tcp {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8125".parse().expect("static address"),
+            max_line_length: 64 << 10,
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[[unixgram]]`: one Unix datagram socket.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields, default)]
+pub struct Unixgram {
+    /// Socket file path; a stale file is replaced at start and removed at stop.
+    pub path: PathBuf,
+    /// File mode of the socket, octal.
+    #[serde(deserialize_with = "file_mode")]
+    pub mode: u32,
+    /// SO_RCVBUF asked for.
+    #[serde(deserialize_with = "size")]
+    pub recv_buffer: u64,
+}
+
+impl Default for Unixgram {
+    fn default() -> Self {
+        Self {
+            path: "/run/tallyd/statsd.sock".into(),
+            mode: 0o660,
+            recv_buffer: 8 << 20,
+        }
+    }
+}
+
+/// `[parse]`: which dialects are recognised.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Parse {
+    /// `|#k:v` tags.
+    pub dogstatsd_tags: bool,
+    /// `name,k=v:1|c`.
+    pub influxdb_tags: bool,
+    /// `name#k=v:1|c`.
+    pub librato_tags: bool,
+    /// `name.[k=v]rest:1|c`.
+    pub signalfx_tags: bool,
+    /// Turn the `|c:` container id into a `container_id` label.
+    pub container_id_label: bool,
+}
+
+impl Default for Parse {
+    fn default() -> Self {
+        Self {
+            dogstatsd_tags: true,
+            influxdb_tags: true,
+            librato_tags: true,
+            signalfx_tags: true,
+            container_id_label: false,
+        }
+    }
+}
+
+/// `[defaults]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    /// A series not updated for this long disappears; 0 = never.
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+    /// Bucket bounds (seconds) for `ms` timers.
+    #[serde(deserialize_with = "buckets")]
+    pub timer_buckets: Vec<f64>,
+    /// Bucket bounds for `h` and `d`.
+    #[serde(deserialize_with = "buckets")]
+    pub histogram_buckets: Vec<f64>,
+    /// Sliding window over which a set's distinct members are counted.
+    #[serde(deserialize_with = "duration")]
+    pub set_window: Duration,
+}
+
+/// Prometheus client libraries' default buckets.
+pub const DEFAULT_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::ZERO,
+            timer_buckets: DEFAULT_BUCKETS.to_vec(),
+            histogram_buckets: DEFAULT_BUCKETS.to_vec(),
+            set_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Live series across all metrics; a sample that would create one more is refused.
+    pub max_series: usize,
+    /// Live series of one metric name; 0 = no per-name limit.
+    pub max_series_per_metric: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_series: 1_000_000,
+            max_series_per_metric: 0,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` overrides it.
+    pub level: LogLevel,
+    /// `text` (human, colours only on a terminal), `logfmt` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            level: LogLevel::Info,
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[log] level`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The `tracing` filter directive.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum LogFormat {
+    Text,
+    Logfmt,
+    Json,
+}
+
+impl Config {
+    /// Parses and validates a whole file.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| locate(text, &e))?;
+        config.validate(text)?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates the file at `path`.
+    pub fn from_file(path: &std::path::Path) -> Result<(Self, String), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            line: 0,
+            column: 0,
+            key: None,
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        Ok((Self::from_toml(&text)?, text))
+    }
+
+    /// Checks that span several keys (they cannot fail while deserialising one value).
+    fn validate(&self, text: &str) -> Result<(), ConfigError> {
+        let at = |needle: &str, nth: usize, message: String| {
+            let offset = text.match_indices(needle).nth(nth).map_or(0, |(i, _)| i);
+            let (line, column) = line_col(text, offset);
+            ConfigError {
+                line,
+                column,
+                key: Some(needle.trim_matches(|c| c == '[' || c == ']').to_string()),
+                message,
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in self.udp.iter().enumerate() {
+            if u.batch == 0 || u.batch > 1024 {
+                return Err(at("[[udp]]", i, "batch must be between 1 and 1024".into()));
+            }
+            if u.max_datagram_size == 0 || u.max_datagram_size > 65535 {
+                return Err(at("[[udp]]", i, "max_datagram_size must be between 1 and 64KiB".into()));
+            }
+            if !seen.insert(u.listen) {
+                return Err(at("[[udp]]", i, format!("{} is listed twice", u.listen)));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.tcp.iter().enumerate() {
+            if !seen.insert(t.listen) {
+                return Err(at("[[tcp]]", i, format!("{} is listed twice", t.listen)));
+            }
+            if t.max_connections == 0 {
+                return Err(at("[[tcp]]", i, "max_connections must be at least 1".into()));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in self.unixgram.iter().enumerate() {
+            if !seen.insert(&u.path) {
+                return Err(at("[[unixgram]]", i, format!("{} is listed twice", u.path.display())));
+            }
+        }
+        if self.limits.max_series == 0 {
+            return Err(at("max_series", 0, "must be at least 1".into()));
+        }
+        if self.http.max_connections == 0 {
+            return Err(at("max_connections", 0, "must be at least 1".into()));
+        }
+        if self.defaults.set_window < Duration::from_secs(1) {
+            return Err(at("set_window", 0, "must be at least 1s".into()));
+        }
+        Ok(())
+    }
+
+    /// True if the listeners differ (they are re-bound on reload).
+    pub fn listeners_differ(&self, other: &Config) -> bool {
+        self.udp != other.udp || self.tcp != other.tcp || self.unixgram != other.unixgram || self.http.listen != other.http.listen
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+/// Turns a toml error into a located [`ConfigError`] naming its key.
+fn locate(text: &str, e: &toml::de::Error) -> ConfigError {
+    let offset = e.span().map_or(0, |s| s.start);
+    let (line, column) = line_col(text, offset);
+    let line_text = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
+    let key = line_text
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['))
+        .or_else(|| {
+            // "unknown field `x`" errors point at the table; name the field.
+            let m = e.message();
+            m.split('`').nth(1).map(str::to_string)
+        });
+    ConfigError {
+        line: if e.span().is_some() { line } else { 0 },
+        column,
+        key,
+        message: e.message().trim().to_string(),
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// Parses `"500ms"`, `"10s"`, `"5m"`, `"1h30m"`, `"0s"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. \"500ms\", \"10s\", \"5m\""))
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Int(u64),
+        Str(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Int(n) => Ok(n),
+        Size::Str(s) => s
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| serde::de::Error::custom(format!("invalid size {s:?} ({e}); use e.g. \"512KiB\", \"8MiB\""))),
+    }
+}
+
+fn file_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let s = String::deserialize(d)?;
+    match u32::from_str_radix(&s, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(serde::de::Error::custom(format!("invalid file mode {s:?}; use octal like \"0660\""))),
+    }
+}
+
+/// Bucket bounds: non-empty, finite, strictly increasing.
+pub(crate) fn buckets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    let b = Vec::<f64>::deserialize(d)?;
+    check_buckets(&b).map_err(serde::de::Error::custom)?;
+    Ok(b)
+}
+
+pub(crate) fn check_buckets(b: &[f64]) -> Result<(), String> {
+    if b.is_empty() {
+        return Err("buckets must not be empty".into());
+    }
+    if b.iter().any(|v| !v.is_finite()) {
+        return Err("buckets must be finite numbers (+Inf is implied)".into());
+    }
+    if b.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("buckets must be strictly increasing".into());
+    }
+    if b.len() > 64 {
+        return Err("at most 64 buckets".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_key_line_and_column() {
+        let e = Config::from_toml("[http]\nlisten = \"nope\"\n").unwrap_err();
+        assert_eq!((e.line, e.column, e.key.as_deref()), (2, 10, Some("listen")));
+        let e = Config::from_toml("[limits]\nmax_series = 5\nbogus = 1\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (3, Some("bogus")));
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = Config::from_toml("[defaults]\nttl = \"10 parsecs\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (2, Some("ttl")));
+        let e = Config::from_toml("[defaults]\ntimer_buckets = [1, 0.5]\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (2, Some("timer_buckets")));
+        let e = Config::from_toml("[http\n").unwrap_err();
+        assert_eq!(e.line, 1);
+        let e = Config::from_toml("[[udp]]\nlisten=\"127.0.0.1:1\"\n[[udp]]\nlisten=\"127.0.0.1:1\"\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        let c = Config::from_toml("[[udp]]\nrecv_buffer = \"512KiB\"\n[defaults]\nttl = \"5m\"\nset_window=\"500ms\"\n");
+        assert!(c.is_err());
+        let c = Config::from_toml("[[udp]]\nrecv_buffer = \"512KiB\"\n[defaults]\nttl = \"5m\"\n").unwrap();
+        assert_eq!(c.udp[0].recv_buffer, 512 * 1024);
+        assert_eq!(c.defaults.ttl, Duration::from_secs(300));
+        assert!(Config::from_toml("udp = []\n").unwrap().udp.is_empty());
+    }
+}

@@ -1,0 +1,458 @@
+//! Listeners: UDP workers, Unix datagram workers and TCP line readers.
+//!
+//! A UDP listener runs `workers` OS threads, each with its own SO_REUSEPORT socket, its own
+//! reused `recvmmsg` buffers and its own [`Writer`] (so its own shard). The kernel spreads
+//! senders over the sockets by their address hash, so one sender's lines stay in order on one
+//! worker. Workers block in `recvmmsg` with a 100 ms timeout so they notice a stop, a new
+//! config or a store epoch promptly; on stop they drain what the socket still holds, then exit.
+//! TCP connections are async tasks sharing one writer per listener behind a mutex (streams
+//! carry far fewer lines than UDP on a StatsD host).
+
+pub mod activation;
+pub mod sys;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::AsyncReadExt;
+
+use crate::config::{Tcp, Udp, Unixgram};
+use crate::parse::ParseError;
+use crate::store::{Store, Writer};
+use crate::sync::lock;
+use crate::telemetry::Telemetry;
+
+/// How often an idle worker wakes to look at the stop flag, the config and the store epoch.
+pub const IDLE_TICK: Duration = Duration::from_millis(100);
+
+/// Per-listener counters, resolved once.
+#[derive(Clone)]
+struct Counters {
+    datagrams: IntCounter,
+    lines: IntCounter,
+    bytes: IntCounter,
+    truncated: IntCounter,
+}
+
+impl Counters {
+    fn new(t: &Telemetry, label: &str) -> Self {
+        Self {
+            datagrams: t.datagrams.with_label_values(&[label]),
+            lines: t.lines.with_label_values(&[label]),
+            bytes: t.bytes.with_label_values(&[label]),
+            truncated: t.truncated.with_label_values(&[label]),
+        }
+    }
+}
+
+/// Flushes a writer's counters into the self-metrics.
+fn flush(w: &mut Writer, c: &Counters, t: &Telemetry, datagrams: &mut u64, bytes: &mut u64, truncated: &mut u64) {
+    if w.stats.lines > 0 {
+        c.lines.inc_by(w.stats.lines);
+        w.stats.lines = 0;
+    }
+    for (counter, v) in [(&c.datagrams, datagrams), (&c.bytes, bytes), (&c.truncated, truncated)] {
+        if *v > 0 {
+            counter.inc_by(*v);
+            *v = 0;
+        }
+    }
+    t.flush(&mut w.stats);
+}
+
+/// A running listener: its threads or task, and the sockets whose kernel drops are reported.
+pub struct Running {
+    /// The `listener` label.
+    pub label: String,
+    /// The bound address (UDP/TCP).
+    pub addr: Option<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    sockets: Vec<Arc<Socket>>,
+    unlink: Option<PathBuf>,
+    drops: IntCounter,
+    /// Per worker: its loop counter and the value the watchdog saw last.
+    beats: Vec<(Arc<AtomicU64>, AtomicU64)>,
+}
+
+impl Running {
+    /// Stops the listener: closes its sockets, lets workers drain what they already hold, and
+    /// waits for them (at most `deadline` for a TCP task).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        if let Some(p) = self.unlink.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// True if every worker went round its loop since the last call (they do at least every
+    /// [`IDLE_TICK`] even when idle); a stuck worker makes this false.
+    pub fn is_alive(&self) -> bool {
+        self.beats.iter().fold(true, |ok, (beat, seen)| {
+            let now = beat.load(Ordering::Relaxed);
+            ok & (seen.swap(now, Ordering::Relaxed) != now)
+        })
+    }
+
+    /// Updates `tallyd_udp_kernel_drops_total` from the sockets.
+    pub fn read_drops(&self) {
+        let total: u64 = self.sockets.iter().filter_map(|s| sys::socket_drops(s.as_raw_fd())).sum();
+        if !self.sockets.is_empty() {
+            Telemetry::catch_up(&self.drops, total);
+        }
+    }
+}
+
+/// Where a listener's sockets come from.
+pub enum Source {
+    /// Bind them.
+    Bind,
+    /// Use this socket passed by systemd (one socket shared by every worker).
+    Inherited(Socket),
+}
+
+fn recv_buffer(sock: &Socket, want: u64, label: &str, t: &Telemetry) {
+    match sys::set_recv_buffer(sock, want) {
+        Ok(got) => {
+            t.recv_buffer.with_label_values(&[label]).set(got as i64);
+            // Linux reports twice what it grants; a full grant reads as >= 2 x want.
+            if got < want.saturating_mul(2) {
+                tracing::warn!(
+                    listener = label,
+                    requested_bytes = want,
+                    granted_bytes = got / 2,
+                    "the kernel capped the UDP receive buffer; bursts may be dropped. Raise the cap with: sysctl -w net.core.rmem_max={want}"
+                );
+            } else {
+                tracing::info!(listener = label, granted_bytes = got / 2, "UDP receive buffer set");
+            }
+        }
+        Err(e) => tracing::warn!(listener = label, error = %e, "cannot set the UDP receive buffer"),
+    }
+}
+
+/// Binds a UDP listener's sockets (one per worker, SO_REUSEPORT).
+pub fn bind_udp(cfg: &Udp, t: &Telemetry) -> io::Result<Vec<Socket>> {
+    let label = cfg.label();
+    let mut addr = cfg.listen;
+    let mut sockets = Vec::new();
+    for _ in 0..cfg.worker_count() {
+        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_reuse_port(true)?;
+        recv_buffer(&s, cfg.recv_buffer, &label, t);
+        s.bind(&addr.into())?;
+        // With port 0 the first bind picks the port; the others join it.
+        if let Some(a) = s.local_addr()?.as_socket() {
+            addr = a;
+        }
+        sockets.push(s);
+    }
+    Ok(sockets)
+}
+
+/// Starts a UDP listener on `sockets` (from [`bind_udp`] or systemd).
+pub fn start_udp(cfg: &Udp, sockets: Vec<Socket>, store: &Arc<Store>, live: &Arc<crate::config::live::Live>, t: &Arc<Telemetry>) -> io::Result<Running> {
+    let label = cfg.label();
+    let addr = sockets.first().and_then(|s| s.local_addr().ok()).and_then(|a| a.as_socket());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sockets: Vec<Arc<Socket>> = sockets.into_iter().map(Arc::new).collect();
+    let mut threads = Vec::new();
+    let mut beats = Vec::new();
+    // An inherited socket is shared by all workers (recvmmsg on one socket from several
+    // threads is safe; each datagram goes to exactly one caller).
+    let per_worker: Vec<Arc<Socket>> = if sockets.len() == 1 {
+        vec![sockets[0].clone(); cfg.worker_count()]
+    } else {
+        sockets.clone()
+    };
+    for (i, sock) in per_worker.into_iter().enumerate() {
+        sock.set_read_timeout(Some(IDLE_TICK))?;
+        let beat = Arc::new(AtomicU64::new(0));
+        beats.push((beat.clone(), AtomicU64::new(u64::MAX)));
+        let worker = DatagramWorker {
+            socket: sock,
+            writer: store.writer(live.clone()),
+            counters: Counters::new(t, &label),
+            telemetry: t.clone(),
+            stop: stop.clone(),
+            bufs: sys::MmsgBuffers::new(cfg.batch, cfg.max_datagram_size as usize),
+            beat,
+        };
+        threads.push(std::thread::Builder::new().name(format!("tallyd-udp-{i}")).spawn(move || worker.run())?);
+    }
+    tracing::info!(listener = %label, workers = threads.len(), "UDP listener started");
+    Ok(Running {
+        drops: t.kernel_drops.with_label_values(&[&label]),
+        label,
+        addr,
+        stop,
+        threads,
+        task: None,
+        sockets,
+        unlink: None,
+        beats,
+    })
+}
+
+/// Binds and starts a Unix datagram listener (one worker). A stale socket file is replaced;
+/// the file is removed at stop.
+pub fn start_unixgram(cfg: &Unixgram, inherited: Option<Socket>, store: &Arc<Store>, live: &Arc<crate::config::live::Live>, t: &Arc<Telemetry>) -> io::Result<Running> {
+    let label = format!("unixgram://{}", cfg.path.display());
+    let (sock, unlink) = match inherited {
+        Some(s) => (s, None),
+        None => {
+            if cfg.path.exists() {
+                // Stale if nobody answers on it.
+                let probe = std::os::unix::net::UnixDatagram::unbound()?;
+                if probe.connect(&cfg.path).is_ok() {
+                    return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{} is in use by another process", cfg.path.display())));
+                }
+                std::fs::remove_file(&cfg.path)?;
+            }
+            if let Some(dir) = cfg.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let s = std::os::unix::net::UnixDatagram::bind(&cfg.path)?;
+            std::fs::set_permissions(&cfg.path, std::os::unix::fs::PermissionsExt::from_mode(cfg.mode))?;
+            (Socket::from(s), Some(cfg.path.clone()))
+        }
+    };
+    recv_buffer(&sock, cfg.recv_buffer, &label, t);
+    sock.set_read_timeout(Some(IDLE_TICK))?;
+    let sock = Arc::new(sock);
+    let stop = Arc::new(AtomicBool::new(false));
+    let beat = Arc::new(AtomicU64::new(0));
+    let worker = DatagramWorker {
+        socket: sock.clone(),
+        writer: store.writer(live.clone()),
+        counters: Counters::new(t, &label),
+        telemetry: t.clone(),
+        stop: stop.clone(),
+        bufs: sys::MmsgBuffers::new(32, 65536),
+        beat: beat.clone(),
+    };
+    let thread = std::thread::Builder::new().name("tallyd-unixgram".into()).spawn(move || worker.run())?;
+    tracing::info!(listener = %label, "unixgram listener started");
+    Ok(Running {
+        drops: t.kernel_drops.with_label_values(&[&label]),
+        label,
+        addr: None,
+        stop,
+        threads: vec![thread],
+        task: None,
+        sockets: vec![sock],
+        unlink,
+        beats: vec![(beat, AtomicU64::new(u64::MAX))],
+    })
+}
+
+/// One datagram worker thread.
+struct DatagramWorker {
+    socket: Arc<Socket>,
+    writer: Writer,
+    counters: Counters,
+    telemetry: Arc<Telemetry>,
+    stop: Arc<AtomicBool>,
+    bufs: sys::MmsgBuffers,
+    beat: Arc<AtomicU64>,
+}
+
+impl DatagramWorker {
+    fn run(mut self) {
+        let fd = self.socket.as_raw_fd();
+        let (mut datagrams, mut bytes, mut truncated) = (0u64, 0u64, 0u64);
+        let mut last_error: Option<std::time::Instant> = None;
+        loop {
+            self.beat.fetch_add(1, Ordering::Relaxed);
+            let stopping = self.stop.load(Ordering::Acquire);
+            self.writer.begin_batch();
+            // Once stopping, drain what the socket holds without blocking, then exit.
+            match self.bufs.recv(fd, stopping) {
+                Ok(n) => {
+                    for i in 0..n {
+                        let (d, cut) = self.bufs.datagram(i);
+                        datagrams += 1;
+                        bytes += d.len() as u64;
+                        truncated += u64::from(cut);
+                        self.writer.ingest(d, cut);
+                    }
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {
+                    if stopping {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    if stopping {
+                        break;
+                    }
+                    if last_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::error!(error = %e, "recvmmsg failed (logged at most every 10s)");
+                        last_error = Some(std::time::Instant::now());
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            flush(&mut self.writer, &self.counters, &self.telemetry, &mut datagrams, &mut bytes, &mut truncated);
+        }
+        flush(&mut self.writer, &self.counters, &self.telemetry, &mut datagrams, &mut bytes, &mut truncated);
+    }
+}
+
+/// Aborts a task when dropped (when its owner task is aborted).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Binds a TCP listener.
+pub fn bind_tcp(cfg: &Tcp) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(cfg.listen), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.bind(&cfg.listen.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// Starts a TCP listener: one task accepting, one task per connection, one writer shared.
+pub fn start_tcp(cfg: &Tcp, listener: std::net::TcpListener, store: &Arc<Store>, live: &Arc<crate::config::live::Live>, t: &Arc<Telemetry>) -> io::Result<Running> {
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let label = format!("tcp://{addr}");
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let writer = Arc::new(Mutex::new(store.writer(live.clone())));
+    let counters = Counters::new(t, &label);
+    let stop = Arc::new(AtomicBool::new(false));
+    let open = t.tcp_connections.with_label_values(&[&label]);
+    let refused = t.tcp_refused.with_label_values(&[&label]);
+    let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
+    let (max_line, idle) = (cfg.max_line_length as usize, cfg.idle_timeout);
+    let tel = t.clone();
+    let tick_writer = writer.clone();
+    let task = tokio::spawn(async move {
+        // Keep the writer's epoch and config current while connections are idle.
+        let _ticker = AbortOnDrop(tokio::spawn(async move {
+            let mut iv = tokio::time::interval(IDLE_TICK);
+            loop {
+                iv.tick().await;
+                lock(&tick_writer).begin_batch();
+            }
+        }));
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                refused.inc();
+                continue;
+            };
+            let (w, c, t, open) = (writer.clone(), counters.clone(), tel.clone(), open.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                open.inc();
+                serve_stream(stream, &w, &c, &t, max_line, idle).await;
+                open.dec();
+            });
+        }
+    });
+    tracing::info!(listener = %label, "TCP listener started");
+    Ok(Running {
+        drops: t.kernel_drops.with_label_values(&[&label]),
+        label,
+        addr: Some(addr),
+        stop,
+        threads: Vec::new(),
+        task: Some(task),
+        sockets: Vec::new(),
+        unlink: None,
+        beats: Vec::new(),
+    })
+}
+
+/// Reads `\n`-terminated lines from one connection. A line longer than `max_line` is dropped
+/// and counted; the connection stays open. A final line without `\n` is parsed at EOF.
+async fn serve_stream(
+    mut stream: impl tokio::io::AsyncRead + Unpin,
+    writer: &Mutex<Writer>,
+    c: &Counters,
+    t: &Telemetry,
+    max_line: usize,
+    idle: Duration,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut discarding = false;
+    loop {
+        let n = match tokio::time::timeout(idle, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) | Err(_) => 0,
+        };
+        let eof = n == 0;
+        let data = &chunk[..n];
+        let mut w = lock(writer);
+        let (mut dg, mut bytes, mut trunc) = (u64::from(!eof), n as u64, 0u64);
+        w.begin_batch();
+        let mut rest = data;
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
+            let (head, tail) = (&rest[..nl], &rest[nl + 1..]);
+            if discarding {
+                discarding = false;
+            } else if buf.len() + head.len() > max_line {
+                w.stats.lines += 1;
+                w.stats.parse_errors[ParseError::LineTooLong.index()] += 1;
+                buf.clear();
+            } else if buf.is_empty() {
+                w.ingest(head, false);
+            } else {
+                buf.extend_from_slice(head);
+                w.ingest(&buf, false);
+                buf.clear();
+            }
+            rest = tail;
+        }
+        if !discarding {
+            if buf.len() + rest.len() > max_line {
+                w.stats.lines += 1;
+                w.stats.parse_errors[ParseError::LineTooLong.index()] += 1;
+                buf.clear();
+                discarding = true;
+            } else {
+                buf.extend_from_slice(rest);
+            }
+        }
+        if eof && !discarding && !buf.is_empty() {
+            w.ingest(&buf, false);
+            buf.clear();
+        }
+        flush(&mut w, c, t, &mut dg, &mut bytes, &mut trunc);
+        drop(w);
+        if eof {
+            return;
+        }
+    }
+}
+
+/// Raw fds of the datagram sockets of `r` (for tests that read kernel counters).
+pub fn fds(r: &Running) -> Vec<RawFd> {
+    r.sockets.iter().map(|s| s.as_raw_fd()).collect()
+}

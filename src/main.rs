@@ -1,0 +1,134 @@
+//! The `tallyd` binary: CLI, logging, config, run; errors mapped to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tallyd::config::live::Snapshot;
+use tallyd::config::{Config, LogFormat};
+use tallyd::daemon::{Daemon, Options};
+
+/// A StatsD / DogStatsD aggregation daemon for Prometheus.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML). Without it, tallyd runs on its embedded defaults:
+    /// UDP 127.0.0.1:8125 in, HTTP 127.0.0.1:9102 out.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate a config file: exit 0 if good, else print each error with line and column and
+    /// exit 1. Warnings (shadowed mapping rules) are printed but do not fail.
+    CheckConfig {
+        /// The file to check.
+        path: PathBuf,
+    },
+    /// Send paced StatsD load to a target and print what was sent.
+    Blast(tallyd::blast::BlastArgs),
+}
+
+fn init_logging(cfg: &Config) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(cfg.log.level.as_str()));
+    let ansi = std::io::stderr().is_terminal();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Logfmt => builder.event_format(tallyd::daemon::Logfmt).init(),
+        LogFormat::Text => builder.with_ansi(ansi).init(),
+    }
+}
+
+fn check_config(path: &PathBuf) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match Snapshot::from_toml(&text) {
+        Ok(s) => {
+            for w in &s.warnings {
+                eprintln!("{}: warning: {w}", path.display());
+            }
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: error: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { path }) => return check_config(&path),
+        Some(Command::Blast(args)) => {
+            return match tallyd::blast::run(&args) {
+                Ok((s, took)) => {
+                    println!(
+                        "sent lines={} datagrams={} send_errors={} seconds={:.3} lines_per_second={:.0}",
+                        s.lines,
+                        s.datagrams,
+                        s.send_errors,
+                        took.as_secs_f64(),
+                        s.lines as f64 / took.as_secs_f64().max(1e-9)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("blast: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Run) | None => {}
+    }
+    // Load once up front for the log settings; the daemon validates and loads it again.
+    let cfg = match &cli.config {
+        Some(p) => match Config::from_file(p) {
+            Ok((c, _)) => c,
+            Err(e) => {
+                eprintln!("{}: error: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Config::default(),
+    };
+    init_logging(&cfg);
+    let passed = tallyd::ingest::activation::take();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let mut opts = Options::new(cli.config.clone());
+        opts.passed = passed;
+        opts.signals = true;
+        match Daemon::start(opts).await {
+            Ok(d) => {
+                d.wait().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("tallyd: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,131 @@
+//! A worker's shard: a segmented array of 64-bit atomic words, written by one thread only.
+//!
+//! Every series owns the same word range (`offset .. offset + layout.words()`) in every shard.
+//! Segments of [`SEG_WORDS`] words are allocated lazily, the first time the owning writer
+//! touches them, as arrays of 128-byte aligned lines (`CachePadded`), so two shards never share
+//! a cache line and a series costs its words (8 to 16 bytes for a counter) per worker, not a
+//! cache line. Segments are published through [`OnceBox`] (Acquire/AcqRel), so a scrape that
+//! sees a segment sees it zeroed and whole; a segment a writer never touched reads as zeros.
+
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{AtomicU64, OnceBox, Ordering, fence};
+
+/// Words per segment (512 KiB).
+#[cfg(not(loom))]
+pub const SEG_WORDS: u32 = 1 << 16;
+/// Segments per shard: 64 Mi words, 512 MiB, far beyond `max_series` of any layout.
+#[cfg(not(loom))]
+pub const MAX_SEGS: usize = 1024;
+/// Under loom: tiny segments, so models stay small.
+#[cfg(loom)]
+pub const SEG_WORDS: u32 = 32;
+/// Under loom: a few segments.
+#[cfg(loom)]
+pub const MAX_SEGS: usize = 8;
+const LINE_WORDS: usize = 16;
+
+type Line = CachePadded<[AtomicU64; LINE_WORDS]>;
+
+fn new_segment() -> Box<[Line]> {
+    (0..SEG_WORDS as usize / LINE_WORDS)
+        .map(|_| CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))))
+        .collect()
+}
+
+/// One writer's words.
+pub struct Shard {
+    segs: Box<[OnceBox<Box<[Line]>>]>,
+    /// The store epoch this shard's writer has caught up with (its cache holds no series
+    /// retired before it); `u64::MAX` once the writer is gone. Written by the writer with
+    /// Release, read by the sweeper with Acquire.
+    pub(crate) seen_epoch: CachePadded<AtomicU64>,
+}
+
+impl Shard {
+    pub(crate) fn new(epoch: u64) -> Self {
+        Self {
+            segs: (0..MAX_SEGS).map(|_| OnceBox::new()).collect(),
+            seen_epoch: CachePadded::new(AtomicU64::new(epoch)),
+        }
+    }
+
+    /// The word at `offset`, allocating its segment. Only the owning writer calls this.
+    #[inline]
+    pub(crate) fn word(&self, offset: u32) -> &AtomicU64 {
+        let seg = self.segs[(offset / SEG_WORDS) as usize].get_or_init(|| Box::new(new_segment()));
+        let i = (offset % SEG_WORDS) as usize;
+        &seg[i / LINE_WORDS][i % LINE_WORDS]
+    }
+
+    /// The word at `offset` if its segment exists (readers: scrape, sweep).
+    #[inline]
+    pub(crate) fn peek(&self, offset: u32) -> Option<&AtomicU64> {
+        let seg = self.segs[(offset / SEG_WORDS) as usize].get()?;
+        let i = (offset % SEG_WORDS) as usize;
+        Some(&seg[i / LINE_WORDS][i % LINE_WORDS])
+    }
+
+    /// Reads word `offset`, zero if never written.
+    #[inline]
+    pub(crate) fn load(&self, offset: u32) -> u64 {
+        self.peek(offset).map_or(0, |w| w.load(Ordering::Relaxed))
+    }
+
+    /// Adds to the f64 in word `offset`. Single writer: a plain load and store, no RMW.
+    #[inline]
+    pub(crate) fn add_f64(&self, offset: u32, v: f64) {
+        let w = self.word(offset);
+        w.store((f64::from_bits(w.load(Ordering::Relaxed)) + v).to_bits(), Ordering::Relaxed);
+    }
+
+    /// Opens a seqlock write on the word at `seq`: readers retry until [`Shard::write_end`].
+    #[inline]
+    pub(crate) fn write_begin(&self, seq: u32) -> u64 {
+        let w = self.word(seq);
+        let s = w.load(Ordering::Relaxed);
+        w.store(s.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        s
+    }
+
+    /// Closes a seqlock write opened by [`Shard::write_begin`].
+    #[inline]
+    pub(crate) fn write_end(&self, seq: u32, s: u64) {
+        self.word(seq).store(s.wrapping_add(2), Ordering::Release);
+    }
+
+    /// Reads `out.len()` words after the seqlock word `seq` consistently (retrying while a write
+    /// is in progress). Returns false if the segment was never allocated (all zero).
+    pub(crate) fn read_consistent(&self, seq: u32, out: &mut [u64]) -> bool {
+        let Some(seq_word) = self.peek(seq) else {
+            out.fill(0);
+            return false;
+        };
+        loop {
+            let s1 = seq_word.load(Ordering::Acquire);
+            if s1 & 1 == 1 {
+                std::hint::spin_loop();
+                #[cfg(loom)]
+                loom::thread::yield_now();
+                continue;
+            }
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = self.load(seq + 1 + i as u32);
+            }
+            fence(Ordering::Acquire);
+            if seq_word.load(Ordering::Relaxed) == s1 {
+                return true;
+            }
+        }
+    }
+
+    /// Zeroes `len` words at `offset` (slot reclamation; no writer holds the slot then).
+    pub(crate) fn zero(&self, offset: u32, len: u32) {
+        for o in offset..offset + len {
+            if let Some(w) = self.peek(o) {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}

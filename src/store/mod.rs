@@ -1,0 +1,1132 @@
+//! The aggregate store: a series registry and one cache-padded shard per ingest worker.
+//!
+//! # Memory layout
+//! A series is a family name, a rendered label set and a word range `offset..offset+len`
+//! that is the same in every shard ([`arena::Shard`]). Each ingest worker owns one
+//! [`Writer`], and the writer owns one shard: the only thread that ever stores into that
+//! shard's words. Counters take 2 words per worker (value, last-seen stamp), gauges 4,
+//! histograms 4 + buckets, sets 4 + 2 x 128 (two HyperLogLog halves). Words of different
+//! shards live in different 128-byte aligned segments, so no two workers write one cache line,
+//! and there is no per-series padding (a counter costs 16 bytes per worker, not 128).
+//!
+//! # Why no increment is lost, torn or double-counted
+//! - *Lost*: a word has one writer, so an increment is a plain `load` + `store` (Relaxed) with
+//!   no read-modify-write race; nothing else stores into it while the series is live
+//!   (reclamation zeroes words only after every writer has dropped the slot from its cache;
+//!   see *Expiry*).
+//! - *Torn*: every value is one 64-bit atomic word (f64 bits), read whole by the scrape with
+//!   a Relaxed load. Multi-word values (gauge set+stamp, histogram count/sum/buckets, sets)
+//!   are guarded by a single-writer seqlock per series per shard: the writer bumps the
+//!   sequence to odd (Relaxed) and issues a Release fence before writing, and stores the even
+//!   sequence with Release after; the reader loads the sequence with Acquire, reads, issues an
+//!   Acquire fence and retries if the sequence moved. `tests/loom.rs` (`scrape_sees_whole_
+//!   histogram`) checks it.
+//! - *Double-counted*: a scrape sums each shard's words once; shards are never merged or
+//!   moved, so a value is in exactly one shard.
+//! - *Publication*: a series is created under the registry mutex and its offset reaches
+//!   workers and the scrape only through that mutex (happens-before). A segment is published
+//!   by [`crate::sync::OnceBox`] with AcqRel, so no reader sees uninitialised words
+//!   (`tests/loom.rs`: `new_series_is_published_whole`).
+//!
+//! # Gauges across workers
+//! A gauge set records the batch time in its shard; a scrape takes the newest set across the
+//! shards and adds the deltas of shards that never saw a set. One sender's datagrams always
+//! reach the same SO_REUSEPORT socket, hence the same worker, so one sender's sets and deltas
+//! apply exactly in order (`g:333|g`, `g:-10|g`, `g:+4|g` ends at 327).
+//!
+//! # Expiry
+//! A sweep off the hot path ([`Store::sweep`]) marks series idle for their ttl as *retiring*
+//! (no longer exported, no longer found by lookups) and bumps the store epoch. Each writer,
+//! at the start of every batch, sees the new epoch, clears its cache and then publishes the
+//! epoch it has seen (Release). A later sweep reclaims a retiring series only once every
+//! writer has seen its epoch (Acquire); it re-reads the last-seen stamps first, and a series
+//! that a late increment touched after it was marked is *resurrected*, never reclaimed, so a
+//! late increment is never silently lost (`tests/loom.rs`: `expiry_races_late_increment`).
+
+pub mod arena;
+pub mod names;
+
+use std::collections::{BTreeMap, HashMap};
+
+use std::time::Duration;
+
+use arena::Shard;
+use hashbrown::HashTable;
+use names::{TagError, TagErrors};
+
+use crate::config::live::{Live, Snapshot};
+use crate::config::mapping::Mapped;
+use crate::parse::{self, LineInfo, MetricType, ParseError, Parsed, Sample, Special};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering, lock};
+
+/// HyperLogLog precision of sets: 2^10 registers, standard error 1.04/sqrt(1024) = 3.25%.
+const HLL_P: u32 = 10;
+const HLL_WORDS: u32 = (1 << HLL_P) / 8;
+
+/// A source of monotonic time, injected so tests can step it.
+pub trait Clock: Send + Sync {
+    /// Time since an arbitrary fixed start.
+    fn now(&self) -> Duration;
+}
+
+/// The process's monotonic clock.
+pub struct MonotonicClock(std::time::Instant);
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self(std::time::Instant::now())
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// A clock tests move by hand.
+#[derive(Default)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    /// Moves the clock forward.
+    pub fn advance(&self, d: Duration) {
+        self.0.fetch_add(d.as_nanos() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+/// The word layout of a series in each shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `[value, stamp]`.
+    Counter,
+    /// `[seq, set_time, value, stamp]`.
+    Gauge,
+    /// `[seq, count, sum, bucket * n, stamp]`.
+    Histogram(u8),
+    /// `[seq, half_a_index, half_b_index, stamp, registers_a, registers_b]`.
+    Set,
+}
+
+impl Layout {
+    /// Words per shard.
+    pub fn words(self) -> u32 {
+        match self {
+            Self::Counter => 2,
+            Self::Gauge => 4,
+            Self::Histogram(n) => 4 + u32::from(n),
+            Self::Set => 4 + 2 * HLL_WORDS,
+        }
+    }
+
+    /// Offset of the last-seen stamp within the series.
+    fn stamp(self) -> u32 {
+        match self {
+            Self::Counter => 1,
+            Self::Gauge | Self::Set => 3,
+            Self::Histogram(n) => 3 + u32::from(n),
+        }
+    }
+}
+
+/// The Prometheus type a family was claimed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyKind {
+    /// `counter`, name ends in `_total`.
+    Counter,
+    /// `gauge`.
+    Gauge,
+    /// `histogram`.
+    Histogram,
+    /// A set's distinct-member estimate, exported as a `gauge`.
+    Set,
+}
+
+/// Why a sample was not aggregated after it parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The name is empty once tags are split off (counted as a parse error).
+    EmptyName,
+    /// The family was claimed by another type, or the histogram suffixes collide.
+    Conflict,
+    /// The name is one of tallyd's own metric names.
+    ReservedName,
+    /// A mapping rule with `action = "drop"` matched.
+    MappingDrop,
+    /// A mapping produced an empty name.
+    InvalidMappedName,
+    /// `[limits] max_series` reached.
+    MaxSeries,
+    /// `[limits] max_series_per_metric` reached.
+    MaxSeriesPerMetric,
+}
+
+impl Refusal {
+    /// Reasons counted in `tallyd_samples_dropped_total`, by index.
+    pub const DROPPED: [Refusal; 4] = [Self::Conflict, Self::ReservedName, Self::MappingDrop, Self::InvalidMappedName];
+    /// Reasons counted in `tallyd_series_refused_total`, by index.
+    pub const REFUSED: [Refusal; 2] = [Self::MaxSeries, Self::MaxSeriesPerMetric];
+
+    /// The `reason` label value.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::EmptyName => "empty_name",
+            Self::Conflict => "conflict",
+            Self::ReservedName => "reserved_name",
+            Self::MappingDrop => "mapping_drop",
+            Self::InvalidMappedName => "invalid_mapped_name",
+            Self::MaxSeries => "max_series",
+            Self::MaxSeriesPerMetric => "max_series_per_metric",
+        }
+    }
+}
+
+/// Per-writer counters, plain integers on the hot path; the ingest loop flushes them into
+/// tallyd's self-metrics after every batch (one atomic add per non-zero counter).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Lines seen (including bad ones).
+    pub lines: u64,
+    /// By [`ParseError::index`].
+    pub parse_errors: [u64; 12],
+    /// By [`TagError`] index.
+    pub tag_errors: [u64; 6],
+    /// Aggregated samples by [`MetricType`] (counter, gauge, timer, histogram, distribution, set).
+    pub samples: [u64; 6],
+    /// By index of [`Refusal::DROPPED`].
+    pub dropped: [u64; 4],
+    /// By index of [`Refusal::REFUSED`].
+    pub refused: [u64; 2],
+    /// Samples no mapping rule matched (counted when the series is resolved).
+    pub unmapped: u64,
+    /// Series lookups answered by the writer's cache.
+    pub cache_hits: u64,
+    /// Series lookups that went to the registry.
+    pub cache_misses: u64,
+    /// DogStatsD events.
+    pub events: u64,
+    /// DogStatsD service checks.
+    pub service_checks: u64,
+    /// Fields after the type that tallyd does not know (ignored).
+    pub unknown_fields: u64,
+    /// Drops by mapping rule index.
+    pub rule_drops: HashMap<usize, u64>,
+}
+
+impl Stats {
+    fn sample_kind_index(t: MetricType) -> usize {
+        t as usize
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Live,
+    /// Marked idle at store epoch `epoch`, time `at` (stamp seconds).
+    Retiring { epoch: u64, at: u64 },
+    /// Slot free for reuse.
+    Free,
+}
+
+#[derive(Debug)]
+struct SeriesMeta {
+    /// `family '\0' labels`.
+    key: Box<str>,
+    offset: u32,
+    layout: Layout,
+    /// Expiry in stamp seconds; 0 = never.
+    ttl: u32,
+    state: State,
+    /// Position in its family's series list.
+    pos: u32,
+}
+
+impl SeriesMeta {
+    fn family(&self) -> &str {
+        self.key.split_once('\0').map_or(&self.key, |(f, _)| f)
+    }
+
+    fn labels(&self) -> &str {
+        self.key.split_once('\0').map_or("", |(_, l)| l)
+    }
+}
+
+#[derive(Debug)]
+struct Family {
+    kind: FamilyKind,
+    help: Option<Arc<str>>,
+    buckets: Option<Arc<[f64]>>,
+    series: Vec<u32>,
+}
+
+/// What a writer needs to create a series.
+struct NewSeries<'a> {
+    family: &'a str,
+    kind: FamilyKind,
+    labels: &'a str,
+    layout: Layout,
+    ttl: Duration,
+    help: Option<Arc<str>>,
+    buckets: Option<Arc<[f64]>>,
+    limits: &'a crate::config::Limits,
+}
+
+struct Registry {
+    families: BTreeMap<Arc<str>, Family>,
+    index: HashTable<u32>,
+    series: Vec<SeriesMeta>,
+    free_ids: Vec<u32>,
+    free_words: HashMap<u32, Vec<u32>>,
+    next_word: u32,
+    /// Live + retiring series (the ones counted against limits).
+    count: usize,
+    retiring: Vec<u32>,
+    last_limit_log: Option<std::time::Instant>,
+}
+
+/// The store: registry, shards, epoch and clock.
+pub struct Store {
+    registry: Mutex<Registry>,
+    shards: Mutex<Vec<Arc<Shard>>>,
+    epoch: AtomicU64,
+    hasher: ahash::RandomState,
+    clock: std::sync::Arc<dyn Clock>,
+    reserved: Vec<String>,
+    /// Series count, readable without the registry lock (for `tallyd_series`).
+    series_gauge: AtomicU64,
+    expired: AtomicU64,
+}
+
+/// Values of one series as a scrape sees them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Values<'a> {
+    /// A counter's total.
+    Counter(f64),
+    /// A gauge's value (also a set's estimate).
+    Gauge(f64),
+    /// A histogram: per-bucket (not cumulative) weights for the finite bounds, total weight, sum.
+    Histogram {
+        /// Finite upper bounds.
+        bounds: &'a [f64],
+        /// Weight per finite bucket (not cumulative).
+        buckets: &'a [f64],
+        /// Total weight (the `+Inf` bucket and `_count`).
+        count: f64,
+        /// Sum of weighted values.
+        sum: f64,
+    },
+}
+
+/// Receives a scrape's families in name order.
+pub trait Visitor {
+    /// Starts a family.
+    fn family(&mut self, name: &str, kind: FamilyKind, help: Option<&str>);
+    /// One series of the current family; `labels` is rendered `k="v",...` without braces.
+    fn series(&mut self, labels: &str, values: Values<'_>);
+}
+
+impl Store {
+    /// A store whose names must not collide with `reserved` (tallyd's own metric names;
+    /// any name starting with `tallyd_` is reserved as well).
+    pub fn new(clock: std::sync::Arc<dyn Clock>, reserved: Vec<String>) -> Arc<Self> {
+        Arc::new(Self {
+            registry: Mutex::new(Registry {
+                families: BTreeMap::new(),
+                index: HashTable::new(),
+                series: Vec::new(),
+                free_ids: Vec::new(),
+                free_words: HashMap::new(),
+                next_word: 0,
+                count: 0,
+                retiring: Vec::new(),
+                last_limit_log: None,
+            }),
+            shards: Mutex::new(Vec::new()),
+            epoch: AtomicU64::new(0),
+            hasher: ahash::RandomState::new(),
+            clock,
+            reserved,
+            series_gauge: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+        })
+    }
+
+    /// A new writer with its own shard. One per ingest thread; never shared.
+    pub fn writer(self: &Arc<Self>, live: Arc<Live>) -> Writer {
+        let shard = Arc::new(Shard::new(self.epoch.load(Ordering::Acquire)));
+        lock(&self.shards).push(shard.clone());
+        let snap = live.load();
+        let mut w = Writer {
+            store: self.clone(),
+            shard,
+            live,
+            snap,
+            cache: HashMap::with_hasher(ahash::RandomState::new()),
+            key: Vec::with_capacity(256),
+            epoch: u64::MAX,
+            batch: Batch {
+                stamp: 0,
+                time_nanos: 1,
+                set_half: 0,
+            },
+            stats: Stats::default(),
+        };
+        w.begin_batch();
+        w
+    }
+
+    /// Live series (retiring ones included until reclaimed).
+    pub fn series_count(&self) -> u64 {
+        self.series_gauge.load(Ordering::Relaxed)
+    }
+
+    /// Series expired so far.
+    pub fn expired_total(&self) -> u64 {
+        self.expired.load(Ordering::Relaxed)
+    }
+
+    /// The clock's stamp: whole seconds since start, plus one (0 means "never").
+    fn stamp_now(&self) -> u64 {
+        self.clock.now().as_secs() + 1
+    }
+
+    fn is_reserved(&self, family: &str, kind: FamilyKind) -> bool {
+        let hit = |n: &str| n.starts_with("tallyd_") || self.reserved.iter().any(|r| r == n);
+        if hit(family) {
+            return true;
+        }
+        kind == FamilyKind::Histogram && ["_bucket", "_sum", "_count"].iter().any(|s| hit(&format!("{family}{s}")))
+    }
+
+    /// Finds or creates the series; returns its offset.
+    fn find_or_create(&self, n: NewSeries<'_>) -> Result<u32, Refusal> {
+        let mut key = String::with_capacity(n.family.len() + 1 + n.labels.len());
+        key.push_str(n.family);
+        key.push('\0');
+        key.push_str(n.labels);
+        let hash = self.hasher.hash_one(&key);
+        let mut reg = lock(&self.registry);
+        let reg = &mut *reg;
+        if let Some(&id) = reg.index.find(hash, |&id| *reg.series[id as usize].key == *key) {
+            let meta = &mut reg.series[id as usize];
+            if meta.layout != n.layout {
+                return Err(Refusal::Conflict);
+            }
+            if let State::Retiring { .. } = meta.state {
+                // A lookup of a retiring series brings it back; it was never unexported data.
+                meta.state = State::Live;
+                let pos = reg.retiring.iter().position(|&r| r == id);
+                if let Some(p) = pos {
+                    reg.retiring.swap_remove(p);
+                }
+            }
+            return Ok(meta.offset);
+        }
+        // A new series: check the family claim and the limits.
+        match reg.families.get(n.family) {
+            Some(f) if f.kind != n.kind => return Err(Refusal::Conflict),
+            Some(f) if n.limits.max_series_per_metric > 0 && f.series.len() >= n.limits.max_series_per_metric => {
+                log_limit(&mut reg.last_limit_log, n.family, "max_series_per_metric");
+                return Err(Refusal::MaxSeriesPerMetric);
+            }
+            Some(_) => {}
+            None => {
+                if self.is_reserved(n.family, n.kind) {
+                    return Err(Refusal::ReservedName);
+                }
+                if collides(&reg.families, n.family, n.kind) {
+                    return Err(Refusal::Conflict);
+                }
+            }
+        }
+        if reg.count >= n.limits.max_series {
+            log_limit(&mut reg.last_limit_log, n.family, "max_series");
+            return Err(Refusal::MaxSeries);
+        }
+        let len = n.layout.words();
+        let offset = match reg.free_words.get_mut(&len).and_then(Vec::pop) {
+            Some(o) => o,
+            None => {
+                let mut o = reg.next_word;
+                if o % arena::SEG_WORDS + len > arena::SEG_WORDS {
+                    o = (o / arena::SEG_WORDS + 1) * arena::SEG_WORDS;
+                }
+                if (o + len) as usize > arena::SEG_WORDS as usize * arena::MAX_SEGS {
+                    return Err(Refusal::MaxSeries);
+                }
+                reg.next_word = o + len;
+                o
+            }
+        };
+        let fam_name: Arc<str> = match reg.families.get_key_value(n.family) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(n.family),
+        };
+        let family = reg.families.entry(fam_name).or_insert_with(|| Family {
+            kind: n.kind,
+            help: n.help.clone(),
+            buckets: n.buckets.clone(),
+            series: Vec::new(),
+        });
+        let meta = SeriesMeta {
+            key: key.into_boxed_str(),
+            offset,
+            layout: n.layout,
+            ttl: u32::try_from(n.ttl.as_secs()).unwrap_or(u32::MAX),
+            state: State::Live,
+            pos: family.series.len() as u32,
+        };
+        let id = match reg.free_ids.pop() {
+            Some(id) => {
+                reg.series[id as usize] = meta;
+                id
+            }
+            None => {
+                reg.series.push(meta);
+                (reg.series.len() - 1) as u32
+            }
+        };
+        family.series.push(id);
+        let series = &reg.series;
+        reg.index.insert_unique(hash, id, |&i| self.hasher.hash_one(&*series[i as usize].key));
+        reg.count += 1;
+        self.series_gauge.store(reg.count as u64, Ordering::Relaxed);
+        Ok(offset)
+    }
+
+    fn shards(&self) -> Vec<Arc<Shard>> {
+        lock(&self.shards).clone()
+    }
+
+    fn last_seen(shards: &[Arc<Shard>], meta: &SeriesMeta) -> u64 {
+        let at = meta.offset + meta.layout.stamp();
+        shards.iter().map(|s| s.load(at)).max().unwrap_or(0)
+    }
+
+    /// Expires idle series (run it on a background tick; never on the write path). Returns
+    /// how many series were reclaimed.
+    pub fn sweep(&self) -> usize {
+        let now = self.stamp_now();
+        let shards = self.shards();
+        let min_seen = shards.iter().map(|s| s.seen_epoch.load(Ordering::Acquire)).min().unwrap_or(u64::MAX);
+        let mut reg = lock(&self.registry);
+        let reg = &mut *reg;
+        // Phase 2: reclaim series every writer has forgotten, unless touched since marked.
+        let mut reclaimed = 0;
+        let mut i = 0;
+        while i < reg.retiring.len() {
+            let id = reg.retiring[i];
+            let meta = &reg.series[id as usize];
+            let State::Retiring { epoch, at } = meta.state else {
+                reg.retiring.swap_remove(i);
+                continue;
+            };
+            if min_seen < epoch {
+                i += 1;
+                continue;
+            }
+            reg.retiring.swap_remove(i);
+            if Self::last_seen(&shards, meta) > at {
+                reg.series[id as usize].state = State::Live;
+                continue;
+            }
+            self.reclaim(reg, &shards, id);
+            reclaimed += 1;
+        }
+        // Phase 1: mark idle series.
+        let next_epoch = self.epoch.load(Ordering::Relaxed) + 1;
+        let mut marked = false;
+        for fam in reg.families.values() {
+            for &id in &fam.series {
+                let meta = &mut reg.series[id as usize];
+                if meta.ttl == 0 || meta.state != State::Live {
+                    continue;
+                }
+                let seen = Self::last_seen(&shards, meta);
+                if now.saturating_sub(seen) >= u64::from(meta.ttl) {
+                    meta.state = State::Retiring { epoch: next_epoch, at: now };
+                    reg.retiring.push(id);
+                    marked = true;
+                }
+            }
+        }
+        if marked {
+            // Retiring series are no longer found by lookups: take them out of the index now.
+            let series = &reg.series;
+            reg.index.retain(|&mut id| !matches!(series[id as usize].state, State::Retiring { .. }));
+            self.epoch.store(next_epoch, Ordering::Release);
+        }
+        reclaimed
+    }
+
+    fn reclaim(&self, reg: &mut Registry, shards: &[Arc<Shard>], id: u32) {
+        let meta = &mut reg.series[id as usize];
+        for s in shards {
+            s.zero(meta.offset, meta.layout.words());
+        }
+        reg.free_words.entry(meta.layout.words()).or_default().push(meta.offset);
+        meta.state = State::Free;
+        let pos = meta.pos as usize;
+        let fam_name = meta.family().to_string();
+        meta.key = Box::from("");
+        reg.free_ids.push(id);
+        if let Some(fam) = reg.families.get_mut(fam_name.as_str()) {
+            fam.series.swap_remove(pos);
+            if let Some(&moved) = fam.series.get(pos) {
+                reg.series[moved as usize].pos = pos as u32;
+            }
+            if fam.series.is_empty() {
+                // The type claim goes with the last series.
+                reg.families.remove(fam_name.as_str());
+            }
+        }
+        reg.count -= 1;
+        self.series_gauge.store(reg.count as u64, Ordering::Relaxed);
+        self.expired.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Walks every live series in family-name order. `set_window` is the sets' window.
+    pub fn visit(&self, set_window: Duration, v: &mut impl Visitor) {
+        let shards = self.shards();
+        let half = half_window_index(self.clock.now(), set_window);
+        let reg = lock(&self.registry);
+        let mut words = Vec::new();
+        let mut buckets = Vec::new();
+        for (name, fam) in &reg.families {
+            let live = fam.series.iter().filter(|&&id| reg.series[id as usize].state == State::Live);
+            if live.clone().next().is_none() {
+                continue;
+            }
+            v.family(name, fam.kind, fam.help.as_deref());
+            for &id in live {
+                let meta = &reg.series[id as usize];
+                let values = read_series(&shards, meta, fam.buckets.as_deref(), half, &mut words, &mut buckets);
+                v.series(meta.labels(), values);
+            }
+        }
+    }
+}
+
+/// True if creating family `name` of `kind` would collide with histogram suffixes.
+fn collides(families: &BTreeMap<Arc<str>, Family>, name: &str, kind: FamilyKind) -> bool {
+    const SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
+    if kind == FamilyKind::Histogram {
+        return SUFFIXES.iter().any(|s| families.contains_key(format!("{name}{s}").as_str()));
+    }
+    SUFFIXES.iter().any(|s| {
+        name.strip_suffix(s)
+            .and_then(|stem| families.get(stem))
+            .is_some_and(|f| f.kind == FamilyKind::Histogram)
+    })
+}
+
+fn log_limit(last: &mut Option<std::time::Instant>, family: &str, limit: &str) {
+    let now = std::time::Instant::now();
+    if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+        *last = Some(now);
+        tracing::warn!(metric = family, limit, "series limit reached; new series are refused (logged at most every 10s)");
+    }
+}
+
+fn half_window_index(now: Duration, window: Duration) -> u64 {
+    let half = (window / 2).as_nanos().max(1);
+    (now.as_nanos() / half) as u64 + 1
+}
+
+fn read_series<'a>(
+    shards: &[Arc<Shard>],
+    meta: &SeriesMeta,
+    bounds: Option<&'a [f64]>,
+    half: u64,
+    words: &mut Vec<u64>,
+    buckets: &'a mut Vec<f64>,
+) -> Values<'a> {
+    let o = meta.offset;
+    match meta.layout {
+        Layout::Counter => Values::Counter(shards.iter().map(|s| f64::from_bits(s.load(o))).sum()),
+        Layout::Gauge => {
+            let mut newest: Option<(u64, f64)> = None;
+            let mut deltas = 0.0;
+            words.resize(2, 0);
+            for s in shards {
+                s.read_consistent(o, words);
+                let (set_time, value) = (words[0], f64::from_bits(words[1]));
+                if set_time == 0 {
+                    deltas += value;
+                } else if newest.is_none_or(|(t, _)| set_time > t) {
+                    newest = Some((set_time, value));
+                }
+            }
+            Values::Gauge(newest.map_or(0.0, |(_, v)| v) + deltas)
+        }
+        Layout::Histogram(n) => {
+            let n = n as usize;
+            words.resize(2 + n, 0);
+            buckets.clear();
+            buckets.resize(n, 0.0);
+            let (mut count, mut sum) = (0.0, 0.0);
+            for s in shards {
+                s.read_consistent(o, words);
+                count += f64::from_bits(words[0]);
+                sum += f64::from_bits(words[1]);
+                for (b, w) in buckets.iter_mut().zip(&words[2..]) {
+                    *b += f64::from_bits(*w);
+                }
+            }
+            Values::Histogram {
+                bounds: bounds.unwrap_or(&[]),
+                buckets,
+                count,
+                sum,
+            }
+        }
+        Layout::Set => {
+            let mut regs = [0u8; 1 << HLL_P];
+            words.resize(3 + 2 * HLL_WORDS as usize, 0);
+            for s in shards {
+                s.read_consistent(o, words);
+                for h in 0..2 {
+                    let idx = words[h];
+                    if idx == 0 || (idx != half && idx + 1 != half) {
+                        continue;
+                    }
+                    let start = 3 + h * HLL_WORDS as usize;
+                    for (w, word) in words[start..start + HLL_WORDS as usize].iter().enumerate() {
+                        for (b, byte) in word.to_le_bytes().iter().enumerate() {
+                            let r = &mut regs[w * 8 + b];
+                            *r = (*r).max(*byte);
+                        }
+                    }
+                }
+            }
+            Values::Gauge(hll_estimate(&regs))
+        }
+    }
+}
+
+/// The HyperLogLog estimate with linear counting for small cardinalities, rounded.
+fn hll_estimate(regs: &[u8]) -> f64 {
+    let m = regs.len() as f64;
+    let alpha = 0.7213 / (1.0 + 1.079 / m);
+    let sum: f64 = regs.iter().map(|&r| 2f64.powi(-i32::from(r))).sum();
+    let zeros = regs.iter().filter(|&&r| r == 0).count() as f64;
+    let e = alpha * m * m / sum;
+    let e = if e <= 2.5 * m && zeros > 0.0 { m * (m / zeros).ln() } else { e };
+    e.round()
+}
+
+/// A worker's cached resolution of one raw key.
+#[derive(Debug, Clone)]
+enum Entry {
+    Series {
+        offset: u32,
+        layout: Layout,
+        scale: f64,
+        buckets: Option<Arc<[f64]>>,
+        tag_errors: TagErrors,
+    },
+    Refused {
+        reason: Refusal,
+        rule: usize,
+        tag_errors: TagErrors,
+    },
+}
+
+/// What a writer reads from the clock once per batch.
+#[derive(Debug, Clone, Copy)]
+struct Batch {
+    /// Last-seen stamp (seconds since start, plus one).
+    stamp: u64,
+    /// Gauge set time (nanoseconds since start, plus one).
+    time_nanos: u64,
+    /// The sets' current half-window index.
+    set_half: u64,
+}
+
+/// A worker's handle: its shard, its cache of resolved raw keys, its counters.
+///
+/// Not `Clone` and not shared: exactly one thread writes through a writer, which is what makes
+/// the shard single-writer.
+pub struct Writer {
+    store: Arc<Store>,
+    shard: Arc<Shard>,
+    live: Arc<Live>,
+    snap: Arc<Snapshot>,
+    cache: HashMap<Box<[u8]>, Entry, ahash::RandomState>,
+    key: Vec<u8>,
+    epoch: u64,
+    batch: Batch,
+    /// Counters since the last flush.
+    pub stats: Stats,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // A gone writer holds no cached series: never block reclamation on it.
+        self.shard.seen_epoch.store(u64::MAX, Ordering::Release);
+    }
+}
+
+impl Stats {
+    fn tag_errors(&mut self, t: TagErrors) {
+        if !t.is_empty() {
+            for (acc, n) in self.tag_errors.iter_mut().zip(t.0) {
+                *acc += u64::from(n);
+            }
+        }
+    }
+
+    fn refusal(&mut self, reason: Refusal, rule: usize) {
+        if reason == Refusal::EmptyName {
+            self.parse_errors[ParseError::EmptyName.index()] += 1;
+        } else if let Some(i) = Refusal::DROPPED.iter().position(|r| *r == reason) {
+            self.dropped[i] += 1;
+            if reason == Refusal::MappingDrop {
+                *self.rule_drops.entry(rule).or_default() += 1;
+            }
+        } else if let Some(i) = Refusal::REFUSED.iter().position(|r| *r == reason) {
+            self.refused[i] += 1;
+        }
+    }
+}
+
+/// Counts a resolved sample's outcome and, for a series, adds it to the shard.
+#[inline]
+fn settle(e: &Entry, shard: &Shard, batch: &Batch, stats: &mut Stats, s: &Sample<'_>, counted: bool) {
+    match e {
+        Entry::Series {
+            offset,
+            layout,
+            scale,
+            buckets,
+            tag_errors,
+        } => {
+            stats.tag_errors(*tag_errors);
+            if counted {
+                stats.samples[Stats::sample_kind_index(s.kind)] += 1;
+            }
+            apply(shard, batch, s, *offset, *layout, *scale, buckets.as_deref());
+        }
+        Entry::Refused { reason, rule, tag_errors } => {
+            stats.tag_errors(*tag_errors);
+            stats.refusal(*reason, *rule);
+        }
+    }
+}
+
+/// Adds a sample to a shard: the hot path.
+#[inline]
+fn apply(shard: &Shard, batch: &Batch, s: &Sample<'_>, o: u32, layout: Layout, scale: f64, bounds: Option<&[f64]>) {
+    match layout {
+        Layout::Counter => shard.add_f64(o, s.value * scale / s.rate),
+        Layout::Gauge => {
+            let seq = shard.write_begin(o);
+            if s.delta {
+                shard.add_f64(o + 2, s.value * scale);
+            } else {
+                shard.word(o + 1).store(batch.time_nanos, Ordering::Relaxed);
+                shard.word(o + 2).store((s.value * scale).to_bits(), Ordering::Relaxed);
+            }
+            shard.write_end(o, seq);
+        }
+        Layout::Histogram(n) => {
+            let v = s.value * scale;
+            let w = 1.0 / s.rate;
+            let b = bounds.unwrap_or(&[]).partition_point(|&ub| ub < v);
+            let seq = shard.write_begin(o);
+            shard.add_f64(o + 1, w);
+            shard.add_f64(o + 2, v * w);
+            if b < n as usize {
+                shard.add_f64(o + 3 + b as u32, w);
+            }
+            shard.write_end(o, seq);
+        }
+        Layout::Set => {
+            let h = SET_HASHER.hash_one(s.member.as_bytes());
+            let reg = (h >> (64 - HLL_P)) as u32;
+            // Rank of the first set bit after the register bits, capped at 64 - P + 1.
+            let rank = ((h << HLL_P) | (1 << (HLL_P - 1))).leading_zeros() as u8 + 1;
+            let slot = (batch.set_half % 2) as u32;
+            let seq = shard.write_begin(o);
+            if shard.word(o + 1 + slot).load(Ordering::Relaxed) != batch.set_half {
+                let base = o + 4 + slot * HLL_WORDS;
+                for i in 0..HLL_WORDS {
+                    shard.word(base + i).store(0, Ordering::Relaxed);
+                }
+                shard.word(o + 1 + slot).store(batch.set_half, Ordering::Relaxed);
+            }
+            let w = shard.word(o + 4 + slot * HLL_WORDS + reg / 8);
+            let mut bytes = w.load(Ordering::Relaxed).to_le_bytes();
+            let byte = &mut bytes[(reg % 8) as usize];
+            if rank > *byte {
+                *byte = rank;
+                w.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
+            }
+            shard.write_end(o, seq);
+        }
+    }
+    shard.word(o + layout.stamp()).store(batch.stamp, Ordering::Relaxed);
+}
+
+impl Writer {
+    /// Call before each batch (and at least every 100 ms while idle): picks up a new config
+    /// or a store epoch (clearing the cache) and reads the clock once for the batch.
+    pub fn begin_batch(&mut self) {
+        if !self.live.is_current(&self.snap) {
+            self.snap = self.live.load();
+            self.cache.clear();
+        }
+        let epoch = self.store.epoch.load(Ordering::Acquire);
+        if epoch != self.epoch {
+            self.cache.clear();
+            self.epoch = epoch;
+            self.shard.seen_epoch.store(epoch, Ordering::Release);
+        }
+        let now = self.store.clock.now();
+        self.batch = Batch {
+            stamp: now.as_secs() + 1,
+            time_nanos: now.as_nanos() as u64 + 1,
+            set_half: half_window_index(now, self.snap.config.defaults.set_window),
+        };
+        let cap = self.snap.config.limits.max_series.saturating_mul(2).max(1024);
+        if self.cache.len() > cap {
+            self.cache.clear();
+        }
+    }
+
+    /// The config snapshot this writer currently uses.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snap
+    }
+
+    /// Parses and aggregates one datagram (or one stream line). With `truncated`, the last
+    /// line was cut off by the buffer: it is counted as truncated and not parsed.
+    pub fn ingest(&mut self, datagram: &[u8], truncated: bool) {
+        let mut lines = parse::lines(datagram).peekable();
+        while let Some(line) = lines.next() {
+            if truncated && lines.peek().is_none() {
+                self.stats.lines += 1;
+                self.stats.parse_errors[ParseError::Truncated.index()] += 1;
+                break;
+            }
+            self.line(line);
+        }
+    }
+
+    /// Parses and aggregates one line.
+    pub fn line(&mut self, line: &[u8]) {
+        self.stats.lines += 1;
+        let opts = parse::ParseOptions {
+            dogstatsd_tags: self.snap.config.parse.dogstatsd_tags,
+        };
+        match parse::parse_line(line, &opts, &mut |s| self.record(s)) {
+            Ok(Parsed::Metric(info)) => self.line_info(info),
+            Ok(Parsed::Special(sp)) => self.special(&sp),
+            Err(e) => self.stats.parse_errors[e.index()] += 1,
+        }
+    }
+
+    fn line_info(&mut self, info: LineInfo) {
+        self.stats.unknown_fields += u64::from(info.unknown_fields);
+        self.stats.tag_errors[TagError::TooManyFields as usize] += u64::from(info.dropped_tag_fields);
+    }
+
+    /// Builds the cache key of a sample: type, raw name, raw tag fields, container id.
+    fn build_key(&mut self, kind: u8, name: &str, tags: &[&str], extra: &str) {
+        self.key.clear();
+        self.key.push(kind);
+        self.key.extend_from_slice(name.as_bytes());
+        for t in tags {
+            self.key.push(0xff);
+            self.key.extend_from_slice(t.as_bytes());
+        }
+        self.key.push(0xfe);
+        self.key.extend_from_slice(extra.as_bytes());
+    }
+
+    /// Looks the built key up in the cache, resolving and caching it on a miss, and settles
+    /// the sample. The hit path clones nothing and takes no lock.
+    fn settle_key(&mut self, s: &Sample<'_>, counted: bool, resolve: impl FnOnce(&mut Self) -> Entry) {
+        if let Some(e) = self.cache.get(self.key.as_slice()) {
+            self.stats.cache_hits += 1;
+            settle(e, &self.shard, &self.batch, &mut self.stats, s, counted);
+            return;
+        }
+        self.stats.cache_misses += 1;
+        let e = resolve(self);
+        settle(&e, &self.shard, &self.batch, &mut self.stats, s, counted);
+        // Limit refusals are not cached: the limit may free up, and an attacker's unique
+        // names must not grow the cache.
+        if !matches!(e, Entry::Refused { reason: Refusal::MaxSeries | Refusal::MaxSeriesPerMetric, .. }) {
+            self.cache.insert(self.key.as_slice().into(), e);
+        }
+    }
+
+    /// Aggregates one parsed sample.
+    pub fn record(&mut self, s: &Sample<'_>) {
+        let cid = if self.snap.config.parse.container_id_label { s.container_id.unwrap_or("") } else { "" };
+        self.build_key(s.kind as u8, s.name, s.tags.as_slice(), cid);
+        self.settle_key(s, true, |w| w.resolve(s));
+    }
+
+    /// Resolves a sample's raw name and tags to a series (the cache-miss path).
+    fn resolve(&mut self, s: &Sample<'_>) -> Entry {
+        let snap = self.snap.clone();
+        let cfg = &snap.config;
+        let mut errors = TagErrors::default();
+        let mut tags = Vec::new();
+        let base = names::split_name_tags(s.name, &cfg.parse, &mut tags, &mut errors);
+        for t in s.tags.iter() {
+            names::one_tag(t, ':', &mut tags, &mut errors);
+        }
+        if cfg.parse.container_id_label
+            && let Some(c) = s.container_id.filter(|c| !c.is_empty())
+        {
+            tags.push(("container_id".into(), c.into()));
+        }
+        let refused = |reason, rule| Entry::Refused {
+            reason,
+            rule,
+            tag_errors: errors,
+        };
+        if base.is_empty() {
+            return refused(Refusal::EmptyName, 0);
+        }
+        let observer = s.kind.is_observer();
+        let default_scale = if s.kind == MetricType::Timer { 0.001 } else { 1.0 };
+        let default_buckets = || -> Arc<[f64]> {
+            let b = if s.kind == MetricType::Timer { &cfg.defaults.timer_buckets } else { &cfg.defaults.histogram_buckets };
+            Arc::from(b.as_slice())
+        };
+        let (name, ttl, buckets, help, scale) = match snap.mapper.map(&base, s.kind) {
+            Mapped::Unmapped => {
+                self.stats.unmapped += 1;
+                (names::metric_name(&base), cfg.defaults.ttl, None, None, default_scale)
+            }
+            Mapped::Drop { rule } => return refused(Refusal::MappingDrop, rule),
+            Mapped::Map {
+                name,
+                labels,
+                ttl,
+                buckets,
+                help,
+                scale,
+                ..
+            } => {
+                if name.is_empty() {
+                    return refused(Refusal::InvalidMappedName, 0);
+                }
+                tags.extend(labels.into_iter().filter(|(_, v)| !v.is_empty()));
+                (names::metric_name(&name), ttl.unwrap_or(cfg.defaults.ttl), buckets, help, scale.unwrap_or(default_scale))
+            }
+        };
+        let (family, kind, layout) = match s.kind {
+            MetricType::Counter => {
+                let f = if name.ends_with("_total") { name } else { format!("{name}_total") };
+                (f, FamilyKind::Counter, Layout::Counter)
+            }
+            MetricType::Gauge => (name, FamilyKind::Gauge, Layout::Gauge),
+            MetricType::Set => (name, FamilyKind::Set, Layout::Set),
+            _ => (name, FamilyKind::Histogram, Layout::Histogram(0)),
+        };
+        let labels = names::render_labels(tags, observer, &mut errors);
+        let buckets = observer.then(|| buckets.unwrap_or_else(default_buckets));
+        let layout = match (layout, &buckets) {
+            (Layout::Histogram(_), Some(b)) => Layout::Histogram(b.len() as u8),
+            (l, _) => l,
+        };
+        self.create(&family, kind, &labels, layout, ttl, help, buckets, scale, errors)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &mut self,
+        family: &str,
+        kind: FamilyKind,
+        labels: &str,
+        layout: Layout,
+        ttl: Duration,
+        help: Option<Arc<str>>,
+        buckets: Option<Arc<[f64]>>,
+        scale: f64,
+        tag_errors: TagErrors,
+    ) -> Entry {
+        let r = self.store.find_or_create(NewSeries {
+            family,
+            kind,
+            labels,
+            layout,
+            ttl,
+            help,
+            buckets: buckets.clone(),
+            limits: &self.snap.config.limits,
+        });
+        match r {
+            Ok(offset) => Entry::Series {
+                offset,
+                layout,
+                scale,
+                buckets: if matches!(layout, Layout::Histogram(_)) { buckets } else { None },
+                tag_errors,
+            },
+            Err(reason) => Entry::Refused {
+                reason,
+                rule: 0,
+                tag_errors,
+            },
+        }
+    }
+
+    /// Aggregates an event or service check.
+    fn special(&mut self, sp: &Special<'_>) {
+        let (kind, name, tags, extra, value) = match sp {
+            Special::Event { alert_type, priority, tags } => {
+                self.stats.events += 1;
+                (b'E', *alert_type, tags, *priority, 1.0)
+            }
+            Special::ServiceCheck { name, status, tags } => {
+                self.stats.service_checks += 1;
+                (b'S', *name, tags, "", f64::from(*status))
+            }
+        };
+        let sample = Sample {
+            name,
+            kind: if kind == b'E' { MetricType::Counter } else { MetricType::Gauge },
+            value,
+            delta: false,
+            rate: 1.0,
+            member: "",
+            tags: *tags,
+            container_id: None,
+        };
+        self.build_key(kind, name, tags.as_slice(), extra);
+        // Events and checks are counted on their own, not as samples.
+        self.settle_key(&sample, false, |w| {
+            let mut errors = TagErrors::default();
+            let mut labels = Vec::new();
+            for t in tags.iter() {
+                names::one_tag(t, ':', &mut labels, &mut errors);
+            }
+            let (family, fk, layout, fixed) = if kind == b'E' {
+                ("statsd_events_total", FamilyKind::Counter, Layout::Counter, [("alert_type", name), ("priority", extra)])
+            } else {
+                ("statsd_service_check_status", FamilyKind::Gauge, Layout::Gauge, [("check", name), ("", "")])
+            };
+            // The fixed labels go last so a tag cannot override them.
+            labels.extend(fixed.iter().filter(|(k, _)| !k.is_empty()).map(|(k, v)| (k.to_string(), v.to_string())));
+            let labels = names::render_labels(labels, false, &mut errors);
+            let ttl = w.snap.config.defaults.ttl;
+            w.create(family, fk, &labels, layout, ttl, None, None, 1.0, errors)
+        });
+    }
+}
+
+/// Set members hash the same in every worker, so their registers merge.
+static SET_HASHER: std::sync::LazyLock<ahash::RandomState> =
+    std::sync::LazyLock::new(|| ahash::RandomState::with_seeds(0x7a11_d5e7, 0x5e75_0f00, 0x1234_5678_9abc_def0, 0x0fed_cba9_8765_4321));

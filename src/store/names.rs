@@ -1,0 +1,240 @@
+//! Turning a raw StatsD name and its tags into a Prometheus family name and a canonical,
+//! rendered label set. Runs only when a worker meets a raw name it has not resolved before.
+
+use crate::config::Parse;
+
+/// Why a tag was skipped. Each variant is a `reason` of `tallyd_tag_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagError {
+    /// `#flag`, `k` with no `:`/`=`.
+    MissingValue,
+    /// `:v`.
+    EmptyKey,
+    /// `k:`.
+    EmptyValue,
+    /// `__*`, or `le`/`quantile` on an observer: dropped so the exposition stays valid.
+    ReservedLabel,
+    /// SignalFx brackets out of order, unclosed or nested: the name is used as sent.
+    MalformedBrackets,
+    /// More `|#` fields than tallyd keeps.
+    TooManyFields,
+}
+
+impl TagError {
+    /// Every reason, in index order.
+    pub const ALL: [TagError; 6] = [
+        Self::MissingValue,
+        Self::EmptyKey,
+        Self::EmptyValue,
+        Self::ReservedLabel,
+        Self::MalformedBrackets,
+        Self::TooManyFields,
+    ];
+
+    /// The `reason` label value.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::MissingValue => "missing_value",
+            Self::EmptyKey => "empty_key",
+            Self::EmptyValue => "empty_value",
+            Self::ReservedLabel => "reserved_label",
+            Self::MalformedBrackets => "malformed_brackets",
+            Self::TooManyFields => "too_many_fields",
+        }
+    }
+}
+
+/// Tag errors of one raw key, a small count per reason (saturating), kept in the worker's
+/// cache so a repeated line is counted again without re-resolving it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TagErrors(pub [u8; 6]);
+
+impl TagErrors {
+    /// Counts one error.
+    pub fn add(&mut self, e: TagError) {
+        let slot = &mut self.0[e as usize];
+        *slot = slot.saturating_add(1);
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0 == [0; 6]
+    }
+}
+
+/// Splits name-embedded tags off `raw` (SignalFx `[k=v]`, Librato `#k=v`, InfluxDB `,k=v`, each
+/// as switched on in `[parse]`), pushing them onto `tags`. Returns the bare StatsD name.
+pub fn split_name_tags(raw: &str, p: &Parse, tags: &mut Vec<(String, String)>, errors: &mut TagErrors) -> String {
+    let mut name = std::borrow::Cow::Borrowed(raw);
+    if p.signalfx_tags && (raw.contains('[') || raw.contains(']')) {
+        match signalfx(raw, tags, errors) {
+            Some(stripped) => name = stripped.into(),
+            None => errors.add(TagError::MalformedBrackets),
+        }
+    }
+    if p.librato_tags
+        && let Some((n, t)) = name.split_once('#')
+    {
+        kv_tags(t, '=', tags, errors);
+        name = n.to_string().into();
+    }
+    if p.influxdb_tags
+        && let Some((n, t)) = name.split_once(',')
+    {
+        kv_tags(t, '=', tags, errors);
+        name = n.to_string().into();
+    }
+    name.into_owned()
+}
+
+/// Removes well-formed `[k=v,...]` groups from `raw`; `None` if the brackets are malformed.
+fn signalfx(raw: &str, tags: &mut Vec<(String, String)>, errors: &mut TagErrors) -> Option<String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    let mut found = Vec::new();
+    while let Some(open) = rest.find(['[', ']']) {
+        if rest.as_bytes()[open] == b']' {
+            return None;
+        }
+        let after = &rest[open + 1..];
+        let close = after.find(['[', ']'])?;
+        if after.as_bytes()[close] == b'[' {
+            return None;
+        }
+        out.push_str(&rest[..open]);
+        found.push(&after[..close]);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    for group in found {
+        kv_tags(group, '=', tags, errors);
+    }
+    Some(out)
+}
+
+/// Parses `k<sep>v,k2<sep>v2`.
+fn kv_tags(s: &str, sep: char, tags: &mut Vec<(String, String)>, errors: &mut TagErrors) {
+    for t in s.split(',').filter(|t| !t.is_empty()) {
+        one_tag(t, sep, tags, errors);
+    }
+}
+
+/// One DogStatsD-style tag (`k:v`, split at the first separator; a leading `#` stripped).
+pub fn one_tag(t: &str, sep: char, tags: &mut Vec<(String, String)>, errors: &mut TagErrors) {
+    let t = t.strip_prefix('#').unwrap_or(t);
+    match t.split_once(sep) {
+        None => errors.add(TagError::MissingValue),
+        Some(("", _)) => errors.add(TagError::EmptyKey),
+        Some((_, "")) => errors.add(TagError::EmptyValue),
+        Some((k, v)) => tags.push((k.to_string(), v.to_string())),
+    }
+}
+
+/// A Prometheus metric name: every character outside `[a-zA-Z0-9_:]` becomes `_`; a leading
+/// digit gets a `_` prefix.
+pub fn metric_name(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 1);
+    if s.starts_with(|c: char| c.is_ascii_digit()) {
+        out.push('_');
+    }
+    out.extend(s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' }));
+    out
+}
+
+/// A Prometheus label name: every character outside `[a-zA-Z0-9_]` becomes `_`; a leading digit
+/// gets a `_` prefix.
+pub fn label_name(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 1);
+    if s.starts_with(|c: char| c.is_ascii_digit()) {
+        out.push('_');
+    }
+    out.extend(s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }));
+    out
+}
+
+/// Writes a label value escaped for the text exposition (`\\`, `\"`, `\n`).
+pub fn escape_into(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Sanitises, filters and sorts `tags` into the rendered label set `k="v",k2="v2"` (no braces).
+/// Later duplicates win. `observer` drops `le` and `quantile`, which the exposition adds itself.
+pub fn render_labels(tags: Vec<(String, String)>, observer: bool, errors: &mut TagErrors) -> String {
+    let mut labels: Vec<(String, String)> = Vec::with_capacity(tags.len());
+    for (k, v) in tags {
+        let k = label_name(&k);
+        if k.starts_with("__") || (observer && (k == "le" || k == "quantile")) {
+            errors.add(TagError::ReservedLabel);
+            continue;
+        }
+        match labels.iter_mut().find(|(lk, _)| *lk == k) {
+            Some(slot) => slot.1 = v,
+            None => labels.push((k, v)),
+        }
+    }
+    labels.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = String::new();
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_into(&mut out, v);
+        out.push('"');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(raw: &str) -> (String, Vec<(String, String)>, TagErrors) {
+        let mut tags = Vec::new();
+        let mut e = TagErrors::default();
+        let n = split_name_tags(raw, &Parse::default(), &mut tags, &mut e);
+        (n, tags, e)
+    }
+
+    #[test]
+    fn dialects() {
+        assert_eq!(split("foo,env=prod").0, "foo");
+        assert_eq!(split("foo,env=prod").1, vec![("env".into(), "prod".into())]);
+        assert_eq!(split("foo#env=prod").1, vec![("env".into(), "prod".into())]);
+        let (n, t, _) = split("foo.[env=prod]bar");
+        assert_eq!((n.as_str(), t), ("foo.bar", vec![("env".into(), "prod".into())]));
+        let (n, _, e) = split("a]b[c");
+        assert_eq!((n.as_str(), e.0[TagError::MalformedBrackets as usize]), ("a]b[c", 1));
+        for bad in ["[[a=b]]", "a[b", "a[b=c]]", "]["] {
+            let (n, _, e) = split(bad);
+            assert_eq!((n.as_str(), e.is_empty()), (bad, false), "{bad}");
+        }
+        assert_eq!(split("[a=b]").0, "");
+    }
+
+    #[test]
+    fn names_and_labels() {
+        assert_eq!(metric_name("api.req-count"), "api_req_count");
+        assert_eq!(metric_name("9lives"), "_9lives");
+        assert_eq!(label_name("tag.with.dots"), "tag_with_dots");
+        assert_eq!(label_name("09x"), "_09x");
+        let mut e = TagErrors::default();
+        let l = render_labels(
+            vec![("b".into(), "1".into()), ("a".into(), "q\"\\\n".into()), ("b".into(), "2".into()), ("__name__".into(), "x".into())],
+            false,
+            &mut e,
+        );
+        assert_eq!(l, r#"a="q\"\\\n",b="2""#);
+        assert_eq!(e.0[TagError::ReservedLabel as usize], 1);
+        let l = render_labels(vec![("le".into(), "5".into())], true, &mut e);
+        assert_eq!(l, "");
+    }
+}

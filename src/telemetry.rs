@@ -1,0 +1,265 @@
+//! tallyd's own metrics (`tallyd_*` and `process_*`), in a prometheus-crate registry of their
+//! own per daemon, so several daemons in one test process do not share counters.
+//!
+//! Every failure mode is a named counter. Workers never touch these on the per-line path: they
+//! count into a plain [`Stats`] and [`Telemetry::flush`] adds it here after each batch.
+
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::parse::ParseError;
+use crate::store::names::TagError;
+use crate::store::{Refusal, Stats};
+
+/// Handles on every self-metric.
+pub struct Telemetry {
+    /// The registry rendered at the end of `/metrics`.
+    pub registry: Registry,
+    /// `tallyd_datagrams_received_total{listener}`.
+    pub datagrams: IntCounterVec,
+    /// `tallyd_lines_received_total{listener}`.
+    pub lines: IntCounterVec,
+    /// `tallyd_bytes_received_total{listener}`.
+    pub bytes: IntCounterVec,
+    /// `tallyd_udp_datagrams_truncated_total{listener}`.
+    pub truncated: IntCounterVec,
+    /// `tallyd_udp_receive_buffer_bytes{listener}`: SO_RCVBUF as granted by the kernel.
+    pub recv_buffer: IntGaugeVec,
+    /// `tallyd_udp_kernel_drops_total{listener}` (read from the sockets at scrape time).
+    pub kernel_drops: IntCounterVec,
+    /// `tallyd_parse_errors_total{reason}`.
+    pub parse_errors: Vec<IntCounter>,
+    /// `tallyd_tag_errors_total{reason}`.
+    pub tag_errors: Vec<IntCounter>,
+    /// `tallyd_samples_total{type}`.
+    pub samples: Vec<IntCounter>,
+    /// `tallyd_samples_dropped_total{reason}`.
+    pub dropped: Vec<IntCounter>,
+    /// `tallyd_series_refused_total{reason}`.
+    pub refused: Vec<IntCounter>,
+    /// `tallyd_mapping_drops_total{rule}` (1-based rule number in file order).
+    pub rule_drops: IntCounterVec,
+    /// `tallyd_unmapped_samples_total`.
+    pub unmapped: IntCounter,
+    /// `tallyd_mapping_cache_hits_total`.
+    pub cache_hits: IntCounter,
+    /// `tallyd_mapping_cache_misses_total`.
+    pub cache_misses: IntCounter,
+    /// `tallyd_events_total`.
+    pub events: IntCounter,
+    /// `tallyd_service_checks_total`.
+    pub service_checks: IntCounter,
+    /// `tallyd_unknown_fields_total`.
+    pub unknown_fields: IntCounter,
+    /// `tallyd_series`.
+    pub series: IntGauge,
+    /// `tallyd_series_expired_total` (mirrored from the store at scrape time).
+    pub expired: IntCounter,
+    /// `tallyd_config_reloads_total{outcome}`.
+    pub reloads: IntCounterVec,
+    /// `tallyd_config_last_reload_successful`.
+    pub last_reload_ok: IntGauge,
+    /// `tallyd_config_last_reload_success_timestamp_seconds`.
+    pub last_reload_time: Gauge,
+    /// `tallyd_config_restart_required`: the running listeners differ from the file's.
+    pub restart_required: IntGauge,
+    /// `tallyd_tcp_connections{listener}`.
+    pub tcp_connections: IntGaugeVec,
+    /// `tallyd_tcp_connections_refused_total{listener}`.
+    pub tcp_refused: IntCounterVec,
+    /// `tallyd_scrape_errors_total`: writes to a scraper that failed mid-response.
+    pub scrape_errors: IntCounter,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Telemetry {
+    /// Registers every self-metric, the build info and the process collector.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let by = |name: &str, help: &str, label: &str, values: &mut dyn Iterator<Item = &'static str>| -> Vec<IntCounter> {
+            let v = counter_vec(&r, name, help, label);
+            values.map(|x| v.with_label_values(&[x])).collect()
+        };
+        let parse_errors = by(
+            "tallyd_parse_errors_total",
+            "Lines dropped because they did not parse, by reason.",
+            "reason",
+            &mut ParseError::ALL.iter().map(|e| e.reason()),
+        );
+        let tag_errors = by(
+            "tallyd_tag_errors_total",
+            "Tags skipped (the rest of the line was used), by reason.",
+            "reason",
+            &mut TagError::ALL.iter().map(|e| e.reason()),
+        );
+        let samples = by(
+            "tallyd_samples_total",
+            "Samples aggregated, by StatsD type.",
+            "type",
+            &mut ["counter", "gauge", "timer", "histogram", "distribution", "set"].into_iter(),
+        );
+        let dropped = by(
+            "tallyd_samples_dropped_total",
+            "Parsed samples not aggregated (type conflicts, reserved names, mapping drops), by reason.",
+            "reason",
+            &mut Refusal::DROPPED.iter().map(|r| r.reason()),
+        );
+        let refused = by(
+            "tallyd_series_refused_total",
+            "Samples refused because they would have created a series beyond a limit, by reason.",
+            "reason",
+            &mut Refusal::REFUSED.iter().map(|r| r.reason()),
+        );
+        let build = IntGaugeVec::new(Opts::new("tallyd_build_info", "Build information; always 1."), &["version"]).expect("valid");
+        r.register(Box::new(build.clone())).expect("unique");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("unique");
+        let reloads = counter_vec(&r, "tallyd_config_reloads_total", "Config reload attempts, by outcome.", "outcome");
+        reloads.with_label_values(&["success"]);
+        reloads.with_label_values(&["failure"]);
+        let last_reload_time = Gauge::new(
+            "tallyd_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load.",
+        )
+        .expect("valid");
+        r.register(Box::new(last_reload_time.clone())).expect("unique");
+        last_reload_time.set(unix_now());
+        let t = Self {
+            datagrams: counter_vec(&r, "tallyd_datagrams_received_total", "Datagrams (or stream chunks) received, by listener.", "listener"),
+            lines: counter_vec(&r, "tallyd_lines_received_total", "Lines received, good or bad, by listener.", "listener"),
+            bytes: counter_vec(&r, "tallyd_bytes_received_total", "Payload bytes received, by listener.", "listener"),
+            truncated: counter_vec(
+                &r,
+                "tallyd_udp_datagrams_truncated_total",
+                "Datagrams longer than max_datagram_size; their last line was dropped.",
+                "listener",
+            ),
+            recv_buffer: gauge_vec(&r, "tallyd_udp_receive_buffer_bytes", "SO_RCVBUF as granted by the kernel, per socket.", "listener"),
+            kernel_drops: counter_vec(
+                &r,
+                "tallyd_udp_kernel_drops_total",
+                "Datagrams the kernel dropped because a socket's receive buffer was full (SO_MEMINFO).",
+                "listener",
+            ),
+            parse_errors,
+            tag_errors,
+            samples,
+            dropped,
+            refused,
+            rule_drops: counter_vec(&r, "tallyd_mapping_drops_total", "Samples dropped by a mapping rule with action = \"drop\".", "rule"),
+            unmapped: counter(&r, "tallyd_unmapped_samples_total", "Series resolved without any mapping rule matching."),
+            cache_hits: counter(&r, "tallyd_mapping_cache_hits_total", "Series lookups answered by a worker's cache."),
+            cache_misses: counter(&r, "tallyd_mapping_cache_misses_total", "Series lookups that resolved names, tags and mappings anew."),
+            events: counter(&r, "tallyd_events_total", "DogStatsD events received."),
+            service_checks: counter(&r, "tallyd_service_checks_total", "DogStatsD service checks received."),
+            unknown_fields: counter(&r, "tallyd_unknown_fields_total", "Line fields tallyd does not know (ignored)."),
+            series: gauge(&r, "tallyd_series", "Live series in the store."),
+            expired: counter(&r, "tallyd_series_expired_total", "Series removed by ttl expiry since start."),
+            reloads,
+            last_reload_ok: gauge(&r, "tallyd_config_last_reload_successful", "1 if the last config reload succeeded."),
+            last_reload_time,
+            restart_required: gauge(
+                &r,
+                "tallyd_config_restart_required",
+                "1 if the loaded file's listeners differ from the running ones and could not be applied.",
+            ),
+            tcp_connections: gauge_vec(&r, "tallyd_tcp_connections", "Open TCP connections.", "listener"),
+            tcp_refused: counter_vec(&r, "tallyd_tcp_connections_refused_total", "TCP connections refused at the cap.", "listener"),
+            scrape_errors: counter(&r, "tallyd_scrape_errors_total", "Scrapes whose client went away mid-response."),
+            registry: r,
+        };
+        t.last_reload_ok.set(1);
+        t
+    }
+
+    /// Every family name tallyd exports itself; StatsD names must not collide with them.
+    pub fn reserved_names(&self) -> Vec<String> {
+        self.registry.gather().into_iter().map(|f| f.name().to_string()).collect()
+    }
+
+    /// Adds a writer's counters and zeroes them.
+    pub fn flush(&self, s: &mut Stats) {
+        fn add(c: &[IntCounter], v: &mut [u64]) {
+            for (c, v) in c.iter().zip(v.iter_mut()) {
+                if *v > 0 {
+                    c.inc_by(*v);
+                    *v = 0;
+                }
+            }
+        }
+        add(&self.parse_errors, &mut s.parse_errors);
+        add(&self.tag_errors, &mut s.tag_errors);
+        add(&self.samples, &mut s.samples);
+        add(&self.dropped, &mut s.dropped);
+        add(&self.refused, &mut s.refused);
+        for (c, v) in [
+            (&self.unmapped, &mut s.unmapped),
+            (&self.cache_hits, &mut s.cache_hits),
+            (&self.cache_misses, &mut s.cache_misses),
+            (&self.events, &mut s.events),
+            (&self.service_checks, &mut s.service_checks),
+            (&self.unknown_fields, &mut s.unknown_fields),
+        ] {
+            if *v > 0 {
+                c.inc_by(*v);
+                *v = 0;
+            }
+        }
+        for (rule, n) in s.rule_drops.drain() {
+            self.rule_drops.with_label_values(&[&(rule + 1).to_string()]).inc_by(n);
+        }
+    }
+
+    /// Raises counter `c` to `total` (for totals read from elsewhere at scrape time).
+    pub fn catch_up(c: &IntCounter, total: u64) {
+        let have = c.get();
+        if total > have {
+            c.inc_by(total - have);
+        }
+    }
+
+    /// Records a reload's outcome.
+    pub fn reload_outcome(&self, ok: bool) {
+        self.reloads.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
+        self.last_reload_ok.set(i64::from(ok));
+        if ok {
+            self.last_reload_time.set(unix_now());
+        }
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
