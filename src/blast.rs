@@ -61,7 +61,9 @@ pub fn run(args: &BlastArgs) -> std::io::Result<(Sent, Duration)> {
         .collect();
     let mut total = Sent::default();
     for h in handles {
-        let s = h.join().map_err(|_| std::io::Error::other("sender panicked"))??;
+        let s = h
+            .join()
+            .map_err(|_| std::io::Error::other("sender panicked"))??;
         total.lines += s.lines;
         total.datagrams += s.datagrams;
         total.send_errors += s.send_errors;
@@ -70,10 +72,20 @@ pub fn run(args: &BlastArgs) -> std::io::Result<(Sent, Duration)> {
 }
 
 fn sender(a: &BlastArgs, idx: u32, of: u32) -> std::io::Result<Sent> {
-    let bind: SocketAddr = if a.target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("static");
+    let bind: SocketAddr = if a.target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("static");
     let sock = UdpSocket::bind(bind)?;
     sock.connect(a.target)?;
-    let my_count = if a.count == 0 { u64::MAX } else { a.count / u64::from(of) + u64::from(u64::from(idx) < a.count % u64::from(of)) };
+    let my_count = if a.count == 0 {
+        u64::MAX
+    } else {
+        a.count / u64::from(of) + u64::from(u64::from(idx) < a.count % u64::from(of))
+    };
     let my_rate = a.rate / u64::from(of);
     let start = Instant::now();
     let mut sent = Sent::default();

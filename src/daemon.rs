@@ -89,7 +89,10 @@ type Listeners = Arc<std::sync::Mutex<HashMap<Key, Running>>>;
 
 /// The systemd notify socket (`NOTIFY_SOCKET`), if any.
 pub struct Notifier {
-    socket: Option<(std::os::unix::net::UnixDatagram, std::os::unix::net::SocketAddr)>,
+    socket: Option<(
+        std::os::unix::net::UnixDatagram,
+        std::os::unix::net::SocketAddr,
+    )>,
 }
 
 impl Notifier {
@@ -195,7 +198,9 @@ impl Daemon {
             notifier: Arc::new(Notifier::from_env()),
         };
         let mut passed = opts.passed;
-        let http = match take_passed(&mut passed, |p| !p.datagram && p.addr == Some(http_cfg.listen)) {
+        let http = match take_passed(&mut passed, |p| {
+            !p.datagram && p.addr == Some(http_cfg.listen)
+        }) {
             Some(p) => {
                 let l: std::net::TcpListener = p.socket.into();
                 l.set_nonblocking(true).map_err(|e| bind_err("http", e))?;
@@ -291,7 +296,13 @@ impl Daemon {
     /// Stops: not ready, `STOPPING=1`, listeners closed and drained, HTTP stopped.
     pub async fn shutdown(self) {
         let (tx, rx) = oneshot::channel();
-        if self.shared.control.send(Control::Shutdown(tx)).await.is_ok() {
+        if self
+            .shared
+            .control
+            .send(Control::Shutdown(tx))
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
         let _ = self.control_task.await;
@@ -316,7 +327,10 @@ impl Daemon {
 }
 
 fn bind_err(what: &str, source: std::io::Error) -> StartError {
-    StartError::Bind { what: what.to_string(), source }
+    StartError::Bind {
+        what: what.to_string(),
+        source,
+    }
 }
 
 fn take_passed(passed: &mut Vec<Passed>, f: impl Fn(&Passed) -> bool) -> Option<Passed> {
@@ -345,7 +359,10 @@ fn start_listener(key: &Key, passed: &mut Vec<Passed>, s: &Shared) -> std::io::R
             ingest::start_tcp(t, l, &s.store, &s.live, &s.telemetry)
         }
         Key::Unixgram(u) => {
-            let inherited = take_passed(passed, |p| p.datagram && p.path.as_deref() == Some(u.path.as_path())).map(|p| p.socket);
+            let inherited = take_passed(passed, |p| {
+                p.datagram && p.path.as_deref() == Some(u.path.as_path())
+            })
+            .map(|p| p.socket);
             ingest::start_unixgram(u, inherited, &s.store, &s.live, &s.telemetry)
         }
     }
@@ -378,7 +395,8 @@ impl Starting {
         let labels: Vec<String> = started.values().map(|r| r.label.clone()).collect();
         *crate::sync::lock(&s.listeners) = started;
         s.ready.set_ready(labels.clone());
-        s.notifier.send(&format!("READY=1\nSTATUS={}", status(&s, "config loaded")));
+        s.notifier
+            .send(&format!("READY=1\nSTATUS={}", status(&s, "config loaded")));
         tracing::info!(listeners = ?labels, "tallyd is ready");
 
         let mut background = Vec::new();
@@ -431,7 +449,10 @@ impl Starting {
 
 fn status(s: &Shared, last: &str) -> String {
     let n = crate::sync::lock(&s.listeners).len();
-    format!("{n} listener(s), {} series, last reload: {last}", s.store.series_count())
+    format!(
+        "{n} listener(s), {} series, last reload: {last}",
+        s.store.series_count()
+    )
 }
 
 /// SIGHUP reloads; SIGTERM and SIGINT stop.
@@ -469,7 +490,9 @@ fn watchdog(s: &Shared) -> Option<tokio::task::JoinHandle<()>> {
         let mut iv = tokio::time::interval(Duration::from_micros(usec / 2));
         loop {
             iv.tick().await;
-            let alive = crate::sync::lock(&s.listeners).values().all(Running::is_alive);
+            let alive = crate::sync::lock(&s.listeners)
+                .values()
+                .all(Running::is_alive);
             if alive {
                 s.notifier.send("WATCHDOG=1");
             } else {
@@ -488,11 +511,15 @@ async fn control_loop(mut rx: mpsc::Receiver<Control>, s: Shared, mut passed: Ve
             _ = stop_rx.changed() => None,
         };
         match msg {
-            Some(Control::Reload { only_if_changed, reply }) => {
+            Some(Control::Reload {
+                only_if_changed,
+                reply,
+            }) => {
                 let out = reload(&s, only_if_changed, &mut passed).await;
                 if let Some(o) = &out {
                     let last = if o.is_ok() { "success" } else { "failure" };
-                    s.notifier.send(&format!("READY=1\nSTATUS={}", status(&s, last)));
+                    s.notifier
+                        .send(&format!("READY=1\nSTATUS={}", status(&s, last)));
                 }
                 if let Some(r) = reply {
                     let _ = r.send(out.unwrap_or_else(|| Ok("unchanged".into())));
@@ -514,7 +541,10 @@ async fn control_loop(mut rx: mpsc::Receiver<Control>, s: Shared, mut passed: Ve
 async fn stop(s: &Shared) {
     s.ready.set_not_ready();
     s.notifier.send("STOPPING=1");
-    let running: Vec<Running> = crate::sync::lock(&s.listeners).drain().map(|(_, r)| r).collect();
+    let running: Vec<Running> = crate::sync::lock(&s.listeners)
+        .drain()
+        .map(|(_, r)| r)
+        .collect();
     let _ = tokio::task::spawn_blocking(move || {
         for r in running {
             r.stop();
@@ -526,15 +556,29 @@ async fn stop(s: &Shared) {
 }
 
 /// One reload; `None` when a file event changed nothing.
-async fn reload(s: &Shared, only_if_changed: bool, passed: &mut Vec<Passed>) -> Option<Result<String, String>> {
+async fn reload(
+    s: &Shared,
+    only_if_changed: bool,
+    passed: &mut Vec<Passed>,
+) -> Option<Result<String, String>> {
     if only_if_changed && !s.live.changed_on_disk() {
         return None;
     }
-    s.notifier.send(&format!("RELOADING=1\nMONOTONIC_USEC={}", ingest::sys::monotonic_usec()));
+    s.notifier.send(&format!(
+        "RELOADING=1\nMONOTONIC_USEC={}",
+        ingest::sys::monotonic_usec()
+    ));
     let live = s.live.clone();
     let result = tokio::task::spawn_blocking(move || live.reload(false))
         .await
-        .unwrap_or_else(|e| Err(ConfigError { line: 0, column: 0, key: None, message: format!("reload panicked: {e}") }));
+        .unwrap_or_else(|e| {
+            Err(ConfigError {
+                line: 0,
+                column: 0,
+                key: None,
+                message: format!("reload panicked: {e}"),
+            })
+        });
     Some(match result {
         Ok(None) => Ok("no config file; running on the embedded defaults".into()),
         Ok(Some(r)) => {
@@ -552,7 +596,9 @@ async fn reload(s: &Shared, only_if_changed: bool, passed: &mut Vec<Passed>) -> 
                     Err(e) => {
                         s.telemetry.restart_required.set(1);
                         tracing::error!(error = %e, "listener change failed; the old listeners keep running");
-                        msg.push_str(&format!("; listener change failed ({e}), old listeners kept"));
+                        msg.push_str(&format!(
+                            "; listener change failed ({e}), old listeners kept"
+                        ));
                     }
                 }
             }
@@ -579,7 +625,9 @@ async fn apply_listeners(s: &Shared, passed: &mut Vec<Passed>) -> Result<(), Str
             Ok(r) => added.push((k.clone(), r)),
             Err(e) => {
                 let undo: Vec<Running> = added.into_iter().map(|(_, r)| r).collect();
-                let _ = tokio::task::spawn_blocking(move || undo.into_iter().for_each(Running::stop)).await;
+                let _ =
+                    tokio::task::spawn_blocking(move || undo.into_iter().for_each(Running::stop))
+                        .await;
                 return Err(format!("{k:?}: {e}"));
             }
         }
@@ -617,10 +665,18 @@ where
         impl tracing::field::Visit for Fields<'_, '_> {
             fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
                 let v = format!("{value:?}");
-                let key = if field.name() == "message" { "msg" } else { field.name() };
+                let key = if field.name() == "message" {
+                    "msg"
+                } else {
+                    field.name()
+                };
                 let quoted = v.contains([' ', '"', '=']) || v.is_empty();
                 let _ = if quoted {
-                    write!(self.0, " {key}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+                    write!(
+                        self.0,
+                        " {key}=\"{}\"",
+                        v.replace('\\', "\\\\").replace('"', "\\\"")
+                    )
                 } else {
                     write!(self.0, " {key}={v}")
                 };
@@ -631,7 +687,12 @@ where
         }
         let meta = event.metadata();
         let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-        write!(w, "ts={ts} level={} target={}", meta.level().as_str().to_lowercase(), meta.target())?;
+        write!(
+            w,
+            "ts={ts} level={} target={}",
+            meta.level().as_str().to_lowercase(),
+            meta.target()
+        )?;
         event.record(&mut Fields(&mut w));
         writeln!(w)
     }

@@ -98,7 +98,11 @@ impl Telemetry {
     /// Registers every self-metric, the build info and the process collector.
     pub fn new() -> Self {
         let r = Registry::new();
-        let by = |name: &str, help: &str, label: &str, values: &mut dyn Iterator<Item = &'static str>| -> Vec<IntCounter> {
+        let by = |name: &str,
+                  help: &str,
+                  label: &str,
+                  values: &mut dyn Iterator<Item = &'static str>|
+         -> Vec<IntCounter> {
             let v = counter_vec(&r, name, help, label);
             values.map(|x| v.with_label_values(&[x])).collect()
         };
@@ -118,7 +122,15 @@ impl Telemetry {
             "tallyd_samples_total",
             "Samples aggregated, by StatsD type.",
             "type",
-            &mut ["counter", "gauge", "timer", "histogram", "distribution", "set"].into_iter(),
+            &mut [
+                "counter",
+                "gauge",
+                "timer",
+                "histogram",
+                "distribution",
+                "set",
+            ]
+            .into_iter(),
         );
         let dropped = by(
             "tallyd_samples_dropped_total",
@@ -132,13 +144,24 @@ impl Telemetry {
             "reason",
             &mut Refusal::REFUSED.iter().map(|r| r.reason()),
         );
-        let build = IntGaugeVec::new(Opts::new("tallyd_build_info", "Build information; always 1."), &["version"]).expect("valid");
+        let build = IntGaugeVec::new(
+            Opts::new("tallyd_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid");
         r.register(Box::new(build.clone())).expect("unique");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         #[cfg(target_os = "linux")]
-        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
-            .expect("unique");
-        let reloads = counter_vec(&r, "tallyd_config_reloads_total", "Config reload attempts, by outcome.", "outcome");
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique");
+        let reloads = counter_vec(
+            &r,
+            "tallyd_config_reloads_total",
+            "Config reload attempts, by outcome.",
+            "outcome",
+        );
         reloads.with_label_values(&["success"]);
         reloads.with_label_values(&["failure"]);
         let last_reload_time = Gauge::new(
@@ -146,19 +169,40 @@ impl Telemetry {
             "Unix time of the last successful config load.",
         )
         .expect("valid");
-        r.register(Box::new(last_reload_time.clone())).expect("unique");
+        r.register(Box::new(last_reload_time.clone()))
+            .expect("unique");
         last_reload_time.set(unix_now());
         let t = Self {
-            datagrams: counter_vec(&r, "tallyd_datagrams_received_total", "Datagrams (or stream chunks) received, by listener.", "listener"),
-            lines: counter_vec(&r, "tallyd_lines_received_total", "Lines received, good or bad, by listener.", "listener"),
-            bytes: counter_vec(&r, "tallyd_bytes_received_total", "Payload bytes received, by listener.", "listener"),
+            datagrams: counter_vec(
+                &r,
+                "tallyd_datagrams_received_total",
+                "Datagrams (or stream chunks) received, by listener.",
+                "listener",
+            ),
+            lines: counter_vec(
+                &r,
+                "tallyd_lines_received_total",
+                "Lines received, good or bad, by listener.",
+                "listener",
+            ),
+            bytes: counter_vec(
+                &r,
+                "tallyd_bytes_received_total",
+                "Payload bytes received, by listener.",
+                "listener",
+            ),
             truncated: counter_vec(
                 &r,
                 "tallyd_udp_datagrams_truncated_total",
                 "Datagrams longer than max_datagram_size; their last line was dropped.",
                 "listener",
             ),
-            recv_buffer: gauge_vec(&r, "tallyd_udp_receive_buffer_bytes", "SO_RCVBUF as granted by the kernel, per socket.", "listener"),
+            recv_buffer: gauge_vec(
+                &r,
+                "tallyd_udp_receive_buffer_bytes",
+                "SO_RCVBUF as granted by the kernel, per socket.",
+                "listener",
+            ),
             kernel_drops: counter_vec(
                 &r,
                 "tallyd_udp_kernel_drops_total",
@@ -170,26 +214,73 @@ impl Telemetry {
             samples,
             dropped,
             refused,
-            rule_drops: counter_vec(&r, "tallyd_mapping_drops_total", "Samples dropped by a mapping rule with action = \"drop\".", "rule"),
-            unmapped: counter(&r, "tallyd_unmapped_samples_total", "Series resolved without any mapping rule matching."),
-            cache_hits: counter(&r, "tallyd_mapping_cache_hits_total", "Series lookups answered by a worker's cache."),
-            cache_misses: counter(&r, "tallyd_mapping_cache_misses_total", "Series lookups that resolved names, tags and mappings anew."),
+            rule_drops: counter_vec(
+                &r,
+                "tallyd_mapping_drops_total",
+                "Samples dropped by a mapping rule with action = \"drop\".",
+                "rule",
+            ),
+            unmapped: counter(
+                &r,
+                "tallyd_unmapped_samples_total",
+                "Series resolved without any mapping rule matching.",
+            ),
+            cache_hits: counter(
+                &r,
+                "tallyd_mapping_cache_hits_total",
+                "Series lookups answered by a worker's cache.",
+            ),
+            cache_misses: counter(
+                &r,
+                "tallyd_mapping_cache_misses_total",
+                "Series lookups that resolved names, tags and mappings anew.",
+            ),
             events: counter(&r, "tallyd_events_total", "DogStatsD events received."),
-            service_checks: counter(&r, "tallyd_service_checks_total", "DogStatsD service checks received."),
-            unknown_fields: counter(&r, "tallyd_unknown_fields_total", "Line fields tallyd does not know (ignored)."),
+            service_checks: counter(
+                &r,
+                "tallyd_service_checks_total",
+                "DogStatsD service checks received.",
+            ),
+            unknown_fields: counter(
+                &r,
+                "tallyd_unknown_fields_total",
+                "Line fields tallyd does not know (ignored).",
+            ),
             series: gauge(&r, "tallyd_series", "Live series in the store."),
-            expired: counter(&r, "tallyd_series_expired_total", "Series removed by ttl expiry since start."),
+            expired: counter(
+                &r,
+                "tallyd_series_expired_total",
+                "Series removed by ttl expiry since start.",
+            ),
             reloads,
-            last_reload_ok: gauge(&r, "tallyd_config_last_reload_successful", "1 if the last config reload succeeded."),
+            last_reload_ok: gauge(
+                &r,
+                "tallyd_config_last_reload_successful",
+                "1 if the last config reload succeeded.",
+            ),
             last_reload_time,
             restart_required: gauge(
                 &r,
                 "tallyd_config_restart_required",
                 "1 if the loaded file's listeners differ from the running ones and could not be applied.",
             ),
-            tcp_connections: gauge_vec(&r, "tallyd_tcp_connections", "Open TCP connections.", "listener"),
-            tcp_refused: counter_vec(&r, "tallyd_tcp_connections_refused_total", "TCP connections refused at the cap.", "listener"),
-            scrape_errors: counter(&r, "tallyd_scrape_errors_total", "Scrapes whose client went away mid-response."),
+            tcp_connections: gauge_vec(
+                &r,
+                "tallyd_tcp_connections",
+                "Open TCP connections.",
+                "listener",
+            ),
+            tcp_refused: counter_vec(
+                &r,
+                "tallyd_tcp_connections_refused_total",
+                "TCP connections refused at the cap.",
+                "listener",
+            ),
+            scrape_errors: counter(
+                &r,
+                "tallyd_scrape_errors_total",
+                "Scrapes whose client went away mid-response.",
+            ),
             registry: r,
         };
         t.last_reload_ok.set(1);
@@ -198,7 +289,11 @@ impl Telemetry {
 
     /// Every family name tallyd exports itself; StatsD names must not collide with them.
     pub fn reserved_names(&self) -> Vec<String> {
-        self.registry.gather().into_iter().map(|f| f.name().to_string()).collect()
+        self.registry
+            .gather()
+            .into_iter()
+            .map(|f| f.name().to_string())
+            .collect()
     }
 
     /// Adds a writer's counters and zeroes them.
@@ -230,7 +325,9 @@ impl Telemetry {
             }
         }
         for (rule, n) in s.rule_drops.drain() {
-            self.rule_drops.with_label_values(&[&(rule + 1).to_string()]).inc_by(n);
+            self.rule_drops
+                .with_label_values(&[&(rule + 1).to_string()])
+                .inc_by(n);
         }
     }
 
@@ -244,7 +341,9 @@ impl Telemetry {
 
     /// Records a reload's outcome.
     pub fn reload_outcome(&self, ok: bool) {
-        self.reloads.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
+        self.reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
         self.last_reload_ok.set(i64::from(ok));
         if ok {
             self.last_reload_time.set(unix_now());

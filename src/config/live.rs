@@ -27,7 +27,11 @@ impl Snapshot {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let config = Config::from_toml(text)?;
         let (mapper, warnings) = Mapper::compile(&config.mapping, text)?;
-        Ok(Self { config, mapper, warnings })
+        Ok(Self {
+            config,
+            mapper,
+            warnings,
+        })
     }
 
     /// The embedded defaults.
@@ -127,9 +131,15 @@ impl Live {
 /// Kubernetes swaps a `..data` symlink, both of which a watch on the file itself misses) and
 /// calls `on_change` for every event in it. Keep the returned watcher alive.
 #[cfg(not(loom))]
-pub fn watch(path: &Path, on_change: impl Fn() + Send + 'static) -> notify::Result<notify::RecommendedWatcher> {
+pub fn watch(
+    path: &Path,
+    on_change: impl Fn() + Send + 'static,
+) -> notify::Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev
             && !ev.kind.is_access()

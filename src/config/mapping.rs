@@ -172,7 +172,9 @@ fn glob_to_regex(glob: &str) -> Result<String, String> {
                 re.push_str("([^.]*)");
             }
             if lit.chars().any(|c| "[]{}()?+|^$\\".contains(c)) {
-                return Err(format!("glob {glob:?}: only `*` is special in a glob; use `regex` for {lit:?}"));
+                return Err(format!(
+                    "glob {glob:?}: only `*` is special in a glob; use `regex` for {lit:?}"
+                ));
             }
             re.push_str(&regex::escape(lit));
         }
@@ -221,9 +223,18 @@ fn check_refs(template: &str, re: &Regex) -> Result<(), String> {
         }
         match name.parse::<usize>() {
             Ok(n) if n < re.captures_len() => {}
-            Ok(n) => return Err(format!("capture ${n} is out of range: the pattern has {} capture group(s)", re.captures_len() - 1)),
+            Ok(n) => {
+                return Err(format!(
+                    "capture ${n} is out of range: the pattern has {} capture group(s)",
+                    re.captures_len() - 1
+                ));
+            }
             Err(_) if re.capture_names().flatten().any(|c| c == name) => {}
-            Err(_) => return Err(format!("no capture named {name:?} in the pattern (write ${{1}}_x, not $1_x)")),
+            Err(_) => {
+                return Err(format!(
+                    "no capture named {name:?} in the pattern (write ${{1}}_x, not $1_x)"
+                ));
+            }
         }
     }
     Ok(())
@@ -231,13 +242,17 @@ fn check_refs(template: &str, re: &Regex) -> Result<(), String> {
 
 fn is_label_name(s: &str) -> bool {
     let mut c = s.chars();
-    matches!(c.next(), Some(f) if f.is_ascii_alphabetic() || f == '_') && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    matches!(c.next(), Some(f) if f.is_ascii_alphabetic() || f == '_')
+        && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl Mapper {
     /// Compiles `rules`; errors carry the line and column of the offending value in `text`.
     /// Returns the mapper and the warnings (rules an earlier rule always shadows).
-    pub fn compile(rules: &[MappingRule], text: &str) -> Result<(Self, Vec<ConfigError>), ConfigError> {
+    pub fn compile(
+        rules: &[MappingRule],
+        text: &str,
+    ) -> Result<(Self, Vec<ConfigError>), ConfigError> {
         let err = |span: std::ops::Range<usize>, key: &str, message: String| {
             let (line, column) = line_col(text, span.start);
             ConfigError {
@@ -252,15 +267,33 @@ impl Mapper {
         let mut warnings = Vec::new();
         for (idx, r) in rules.iter().enumerate() {
             let (pattern, span, key) = match (&r.glob, &r.regex) {
-                (Some(g), None) => (glob_to_regex(g.get_ref()).map_err(|m| err(g.span(), "match", m))?, g.span(), "match"),
+                (Some(g), None) => (
+                    glob_to_regex(g.get_ref()).map_err(|m| err(g.span(), "match", m))?,
+                    g.span(),
+                    "match",
+                ),
                 (None, Some(re)) => (anchored(re.get_ref()), re.span(), "regex"),
-                (Some(g), Some(_)) => return Err(err(g.span(), "match", "a rule has either `match` or `regex`, not both".into())),
+                (Some(g), Some(_)) => {
+                    return Err(err(
+                        g.span(),
+                        "match",
+                        "a rule has either `match` or `regex`, not both".into(),
+                    ));
+                }
                 (None, None) => {
-                    let at = text.match_indices("[[mapping]]").nth(idx).map_or(0, |(i, _)| i);
-                    return Err(err(at..at, "match", "a rule needs `match` (glob) or `regex`".into()));
+                    let at = text
+                        .match_indices("[[mapping]]")
+                        .nth(idx)
+                        .map_or(0, |(i, _)| i);
+                    return Err(err(
+                        at..at,
+                        "match",
+                        "a rule needs `match` (glob) or `regex`".into(),
+                    ));
                 }
             };
-            let regex = Regex::new(&pattern).map_err(|e| err(span.clone(), key, format!("invalid pattern: {e}")))?;
+            let regex = Regex::new(&pattern)
+                .map_err(|e| err(span.clone(), key, format!("invalid pattern: {e}")))?;
             let name = match (&r.name, r.action) {
                 (Some(n), _) => {
                     check_refs(n.get_ref(), &regex).map_err(|m| err(n.span(), "name", m))?;
@@ -270,13 +303,23 @@ impl Mapper {
                     n.get_ref().clone()
                 }
                 (None, Action::Drop) => String::new(),
-                (None, Action::Map) => return Err(err(span, key, "a rule with action = \"map\" needs a `name`".into())),
+                (None, Action::Map) => {
+                    return Err(err(
+                        span,
+                        key,
+                        "a rule with action = \"map\" needs a `name`".into(),
+                    ));
+                }
             };
             let mut labels = Vec::new();
             if let Some(l) = &r.labels {
                 for (k, v) in l.get_ref() {
                     if !is_label_name(k) || k.starts_with("__") {
-                        return Err(err(l.span(), "labels", format!("{k:?} is not a valid label name")));
+                        return Err(err(
+                            l.span(),
+                            "labels",
+                            format!("{k:?} is not a valid label name"),
+                        ));
                     }
                     check_refs(v, &regex).map_err(|m| err(l.span(), "labels", m))?;
                     labels.push((k.clone(), v.clone()));
@@ -286,7 +329,11 @@ impl Mapper {
                 && !(s.is_finite() && s != 0.0)
             {
                 let at = text.match_indices("scale").next().map_or(0, |(i, _)| i);
-                return Err(err(at..at, "scale", "must be a finite, non-zero number".into()));
+                return Err(err(
+                    at..at,
+                    "scale",
+                    "must be a finite, non-zero number".into(),
+                ));
             }
             // A rule is shadowed when an earlier rule with a filter at least as wide matches a
             // superset of its names: the same pattern, a catch-all, or a glob that is
@@ -297,8 +344,13 @@ impl Mapper {
                     let covers = match (&prev.glob, &r.glob, &prev.regex) {
                         (Some(pg), Some(g), _) => glob_covers(pg.get_ref(), g.get_ref()),
                         (_, _, Some(pr)) => {
-                            matches!(pr.get_ref().as_str(), ".*" | "^.*$" | "^.*" | ".*$" | "(.*)" | "^(.*)$")
-                                || r.regex.as_ref().is_some_and(|re| re.get_ref() == pr.get_ref())
+                            matches!(
+                                pr.get_ref().as_str(),
+                                ".*" | "^.*$" | "^.*" | ".*$" | "(.*)" | "^(.*)$"
+                            ) || r
+                                .regex
+                                .as_ref()
+                                .is_some_and(|re| re.get_ref() == pr.get_ref())
                         }
                         _ => false,
                     };
@@ -342,7 +394,13 @@ impl Mapper {
                 message: format!("mapping rules too large to compile together: {e}"),
             })?)
         };
-        Ok((Self { rules: compiled, set }, warnings))
+        Ok((
+            Self {
+                rules: compiled,
+                set,
+            },
+            warnings,
+        ))
     }
 
     /// True when there are no rules.
@@ -358,7 +416,10 @@ impl Mapper {
         let matches = set.matches(name);
         // RegexSet yields matching rule indexes in increasing order: the first admissible one
         // in file order wins.
-        let Some(idx) = matches.iter().find(|&i| self.rules[i].kind.is_none_or(|k| k.admits(kind))) else {
+        let Some(idx) = matches
+            .iter()
+            .find(|&i| self.rules[i].kind.is_none_or(|k| k.admits(kind)))
+        else {
             return Mapped::Unmapped;
         };
         let rule = &self.rules[idx];
@@ -376,7 +437,11 @@ impl Mapper {
         Mapped::Map {
             rule: idx,
             name: expand(&rule.name),
-            labels: rule.labels.iter().map(|(k, v)| (k.clone(), expand(v))).collect(),
+            labels: rule
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), expand(v)))
+                .collect(),
             ttl: rule.ttl,
             buckets: rule.buckets.clone(),
             help: rule.help.clone(),
@@ -413,31 +478,57 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match m.map("api.a-b.requests", MetricType::Counter) {
-            Mapped::Map { rule, name, labels, .. } => {
+            Mapped::Map {
+                rule, name, labels, ..
+            } => {
                 assert_eq!((rule, name.as_str()), (1, "glob_a-b"));
                 assert_eq!(labels, vec![("ep".to_string(), "a-b".to_string())]);
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(m.map("api.v1.users.requests", MetricType::Counter), Mapped::Unmapped);
+        assert_eq!(
+            m.map("api.v1.users.requests", MetricType::Counter),
+            Mapped::Unmapped
+        );
     }
 
     #[test]
     fn type_filter_and_drop() {
-        let (m, _) = mapper("[[mapping]]\nmatch = \"x.*\"\ntype = \"gauge\"\naction = \"drop\"\n[[mapping]]\nmatch = \"x.*\"\nname = \"x\"\n");
+        let (m, _) = mapper(
+            "[[mapping]]\nmatch = \"x.*\"\ntype = \"gauge\"\naction = \"drop\"\n[[mapping]]\nmatch = \"x.*\"\nname = \"x\"\n",
+        );
         assert_eq!(m.map("x.y", MetricType::Gauge), Mapped::Drop { rule: 0 });
-        assert!(matches!(m.map("x.y", MetricType::Counter), Mapped::Map { rule: 1, .. }));
+        assert!(matches!(
+            m.map("x.y", MetricType::Counter),
+            Mapped::Map { rule: 1, .. }
+        ));
     }
 
     #[test]
     fn bad_rules_are_located() {
         for (text, line, key) in [
-            ("[[mapping]]\nmatch = \"a.*\"\nname = \"x_$2\"\n", 3, "mapping.name"),
-            ("[[mapping]]\nregex = \"a(\"\nname = \"x\"\n", 2, "mapping.regex"),
-            ("[[mapping]]\nmatch = \"a..b\"\nname = \"x\"\n", 2, "mapping.match"),
+            (
+                "[[mapping]]\nmatch = \"a.*\"\nname = \"x_$2\"\n",
+                3,
+                "mapping.name",
+            ),
+            (
+                "[[mapping]]\nregex = \"a(\"\nname = \"x\"\n",
+                2,
+                "mapping.regex",
+            ),
+            (
+                "[[mapping]]\nmatch = \"a..b\"\nname = \"x\"\n",
+                2,
+                "mapping.match",
+            ),
             ("[[mapping]]\nmatch = \"a.*\"\n", 2, "mapping.match"),
             ("\n[[mapping]]\nname = \"x\"\n", 2, "mapping.match"),
-            ("[[mapping]]\nmatch = \"a.*\"\nname = \"x\"\nlabels = { \"bad-name\" = \"1\" }\n", 4, "mapping.labels"),
+            (
+                "[[mapping]]\nmatch = \"a.*\"\nname = \"x\"\nlabels = { \"bad-name\" = \"1\" }\n",
+                4,
+                "mapping.labels",
+            ),
         ] {
             let c = Config::from_toml(text).unwrap();
             let e = Mapper::compile(&c.mapping, text).unwrap_err();
@@ -447,10 +538,14 @@ mod tests {
 
     #[test]
     fn shadowed_rules_warn() {
-        let (_, w) = mapper("[[mapping]]\nmatch = \"a.*\"\nname = \"x\"\n[[mapping]]\nmatch = \"a.b\"\nname = \"y\"\n");
+        let (_, w) = mapper(
+            "[[mapping]]\nmatch = \"a.*\"\nname = \"x\"\n[[mapping]]\nmatch = \"a.b\"\nname = \"y\"\n",
+        );
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].line, 5);
-        let (_, w) = mapper("[[mapping]]\nmatch = \"a.*\"\ntype = \"gauge\"\nname = \"x\"\n[[mapping]]\nmatch = \"a.b\"\nname = \"y\"\n");
+        let (_, w) = mapper(
+            "[[mapping]]\nmatch = \"a.*\"\ntype = \"gauge\"\nname = \"x\"\n[[mapping]]\nmatch = \"a.b\"\nname = \"y\"\n",
+        );
         assert!(w.is_empty());
     }
 }

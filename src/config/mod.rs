@@ -258,7 +258,9 @@ pub struct Defaults {
 }
 
 /// Prometheus client libraries' default buckets.
-pub const DEFAULT_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const DEFAULT_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 impl Default for Defaults {
     fn default() -> Self {
@@ -381,7 +383,11 @@ impl Config {
                 return Err(at("[[udp]]", i, "batch must be between 1 and 1024".into()));
             }
             if u.max_datagram_size == 0 || u.max_datagram_size > 65535 {
-                return Err(at("[[udp]]", i, "max_datagram_size must be between 1 and 64KiB".into()));
+                return Err(at(
+                    "[[udp]]",
+                    i,
+                    "max_datagram_size must be between 1 and 64KiB".into(),
+                ));
             }
             if !seen.insert(u.listen) {
                 return Err(at("[[udp]]", i, format!("{} is listed twice", u.listen)));
@@ -393,13 +399,21 @@ impl Config {
                 return Err(at("[[tcp]]", i, format!("{} is listed twice", t.listen)));
             }
             if t.max_connections == 0 {
-                return Err(at("[[tcp]]", i, "max_connections must be at least 1".into()));
+                return Err(at(
+                    "[[tcp]]",
+                    i,
+                    "max_connections must be at least 1".into(),
+                ));
             }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.unixgram.iter().enumerate() {
             if !seen.insert(&u.path) {
-                return Err(at("[[unixgram]]", i, format!("{} is listed twice", u.path.display())));
+                return Err(at(
+                    "[[unixgram]]",
+                    i,
+                    format!("{} is listed twice", u.path.display()),
+                ));
             }
         }
         if self.limits.max_series == 0 {
@@ -416,7 +430,10 @@ impl Config {
 
     /// True if the listeners differ (they are re-bound on reload).
     pub fn listeners_differ(&self, other: &Config) -> bool {
-        self.udp != other.udp || self.tcp != other.tcp || self.unixgram != other.unixgram || self.http.listen != other.http.listen
+        self.udp != other.udp
+            || self.tcp != other.tcp
+            || self.unixgram != other.unixgram
+            || self.http.listen != other.http.listen
     }
 }
 
@@ -461,7 +478,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if s.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. \"500ms\", \"10s\", \"5m\""))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. \"500ms\", \"10s\", \"5m\""))
 }
 
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -476,7 +494,11 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         Size::Str(s) => s
             .parse::<bytesize::ByteSize>()
             .map(|b| b.as_u64())
-            .map_err(|e| serde::de::Error::custom(format!("invalid size {s:?} ({e}); use e.g. \"512KiB\", \"8MiB\""))),
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid size {s:?} ({e}); use e.g. \"512KiB\", \"8MiB\""
+                ))
+            }),
     }
 }
 
@@ -484,7 +506,9 @@ fn file_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let s = String::deserialize(d)?;
     match u32::from_str_radix(&s, 8) {
         Ok(m) if m <= 0o777 => Ok(m),
-        _ => Err(serde::de::Error::custom(format!("invalid file mode {s:?}; use octal like \"0660\""))),
+        _ => Err(serde::de::Error::custom(format!(
+            "invalid file mode {s:?}; use octal like \"0660\""
+        ))),
     }
 }
 
@@ -523,7 +547,10 @@ mod tests {
     #[test]
     fn errors_name_key_line_and_column() {
         let e = Config::from_toml("[http]\nlisten = \"nope\"\n").unwrap_err();
-        assert_eq!((e.line, e.column, e.key.as_deref()), (2, 10, Some("listen")));
+        assert_eq!(
+            (e.line, e.column, e.key.as_deref()),
+            (2, 10, Some("listen"))
+        );
         let e = Config::from_toml("[limits]\nmax_series = 5\nbogus = 1\n").unwrap_err();
         assert_eq!((e.line, e.key.as_deref()), (3, Some("bogus")));
         assert!(e.message.contains("unknown field"), "{e}");
@@ -533,15 +560,20 @@ mod tests {
         assert_eq!((e.line, e.key.as_deref()), (2, Some("timer_buckets")));
         let e = Config::from_toml("[http\n").unwrap_err();
         assert_eq!(e.line, 1);
-        let e = Config::from_toml("[[udp]]\nlisten=\"127.0.0.1:1\"\n[[udp]]\nlisten=\"127.0.0.1:1\"\n").unwrap_err();
+        let e =
+            Config::from_toml("[[udp]]\nlisten=\"127.0.0.1:1\"\n[[udp]]\nlisten=\"127.0.0.1:1\"\n")
+                .unwrap_err();
         assert_eq!(e.line, 3, "{e}");
     }
 
     #[test]
     fn sizes_and_durations() {
-        let c = Config::from_toml("[[udp]]\nrecv_buffer = \"512KiB\"\n[defaults]\nttl = \"5m\"\nset_window=\"500ms\"\n");
+        let c = Config::from_toml(
+            "[[udp]]\nrecv_buffer = \"512KiB\"\n[defaults]\nttl = \"5m\"\nset_window=\"500ms\"\n",
+        );
         assert!(c.is_err());
-        let c = Config::from_toml("[[udp]]\nrecv_buffer = \"512KiB\"\n[defaults]\nttl = \"5m\"\n").unwrap();
+        let c = Config::from_toml("[[udp]]\nrecv_buffer = \"512KiB\"\n[defaults]\nttl = \"5m\"\n")
+            .unwrap();
         assert_eq!(c.udp[0].recv_buffer, 512 * 1024);
         assert_eq!(c.defaults.ttl, Duration::from_secs(300));
         assert!(Config::from_toml("udp = []\n").unwrap().udp.is_empty());

@@ -63,13 +63,20 @@ type Body = Full<Bytes>;
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Body> {
-    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed; use {allow}\n"));
-    r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    let mut r = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed; use {allow}\n"),
+    );
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     r
 }
 
@@ -88,7 +95,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         "/metrics" | "/-/healthy" | "/-/ready" => method_not_allowed("GET, HEAD"),
         "/-/reload" if req.method() == Method::POST => {
             if !state.live.load().config.http.enable_lifecycle {
-                return Ok(text(StatusCode::FORBIDDEN, "lifecycle endpoints are disabled; set [http] enable_lifecycle = true\n"));
+                return Ok(text(
+                    StatusCode::FORBIDDEN,
+                    "lifecycle endpoints are disabled; set [http] enable_lifecycle = true\n",
+                ));
             }
             let (tx, rx) = oneshot::channel();
             if state
@@ -109,7 +119,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             }
         }
         "/-/reload" => method_not_allowed("POST"),
-        "/" if get => text(StatusCode::OK, "tallyd: see /metrics, /-/healthy, /-/ready\n"),
+        "/" if get => text(
+            StatusCode::OK,
+            "tallyd: see /metrics, /-/healthy, /-/ready\n",
+        ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
 }
@@ -119,14 +132,20 @@ async fn metrics(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> 
         .headers()
         .get(ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|e| e.trim().split(';').next() == Some("gzip")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|e| e.trim().split(';').next() == Some("gzip"))
+        });
     let st = state.clone();
     let body = tokio::task::spawn_blocking(move || {
         (st.before_scrape)();
         let window = st.live.load().config.defaults.set_window;
         let text = super::render(&st.store, &st.telemetry, window);
         if gzip {
-            let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(text.len() / 4), flate2::Compression::fast());
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(text.len() / 4),
+                flate2::Compression::fast(),
+            );
             let _ = enc.write_all(text.as_bytes());
             enc.finish().map(Bytes::from).unwrap_or_default()
         } else {
@@ -136,10 +155,13 @@ async fn metrics(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> 
     .await
     .unwrap_or_default();
     let mut r = text(StatusCode::OK, body);
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
     if gzip {
-        r.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        r.headers_mut()
+            .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     r
 }

@@ -94,7 +94,9 @@ impl Visitor for TextVisitor<'_> {
                     }
                 }
             }
-            None if kind == FamilyKind::Set => out.push_str("Distinct members of StatsD set (estimate), aggregated by tallyd."),
+            None if kind == FamilyKind::Set => {
+                out.push_str("Distinct members of StatsD set (estimate), aggregated by tallyd.")
+            }
             None => out.push_str("StatsD metric aggregated by tallyd."),
         }
         out.push_str("\n# TYPE ");
@@ -107,7 +109,12 @@ impl Visitor for TextVisitor<'_> {
     fn series(&mut self, labels: &str, values: Values<'_>) {
         match values {
             Values::Counter(v) | Values::Gauge(v) => self.sample("", labels, None, v),
-            Values::Histogram { bounds, buckets, count, sum } => {
+            Values::Histogram {
+                bounds,
+                buckets,
+                count,
+                sum,
+            } => {
                 let mut cum = 0.0;
                 let mut le = String::new();
                 for (b, w) in bounds.iter().zip(buckets) {

@@ -28,8 +28,14 @@ pub struct Passed {
 
 /// Takes the sockets systemd passed to this process (none when not socket-activated).
 pub fn take() -> Vec<Passed> {
-    let pid_ok = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
-    let n: i32 = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let n: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
     super::sys::clear_env(&["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"]);
     if !pid_ok || n <= 0 {
@@ -46,7 +52,9 @@ pub fn take() -> Vec<Passed> {
             let local = socket.local_addr().ok();
             Passed {
                 addr: local.as_ref().and_then(|a| a.as_socket()),
-                path: local.as_ref().and_then(|a| a.as_pathname().map(PathBuf::from)),
+                path: local
+                    .as_ref()
+                    .and_then(|a| a.as_pathname().map(PathBuf::from)),
                 socket,
                 name,
                 datagram,

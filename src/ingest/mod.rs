@@ -54,12 +54,23 @@ impl Counters {
 }
 
 /// Flushes a writer's counters into the self-metrics.
-fn flush(w: &mut Writer, c: &Counters, t: &Telemetry, datagrams: &mut u64, bytes: &mut u64, truncated: &mut u64) {
+fn flush(
+    w: &mut Writer,
+    c: &Counters,
+    t: &Telemetry,
+    datagrams: &mut u64,
+    bytes: &mut u64,
+    truncated: &mut u64,
+) {
     if w.stats.lines > 0 {
         c.lines.inc_by(w.stats.lines);
         w.stats.lines = 0;
     }
-    for (counter, v) in [(&c.datagrams, datagrams), (&c.bytes, bytes), (&c.truncated, truncated)] {
+    for (counter, v) in [
+        (&c.datagrams, datagrams),
+        (&c.bytes, bytes),
+        (&c.truncated, truncated),
+    ] {
         if *v > 0 {
             counter.inc_by(*v);
             *v = 0;
@@ -111,7 +122,11 @@ impl Running {
 
     /// Updates `tallyd_udp_kernel_drops_total` from the sockets.
     pub fn read_drops(&self) {
-        let total: u64 = self.sockets.iter().filter_map(|s| sys::socket_drops(s.as_raw_fd())).sum();
+        let total: u64 = self
+            .sockets
+            .iter()
+            .filter_map(|s| sys::socket_drops(s.as_raw_fd()))
+            .sum();
         if !self.sockets.is_empty() {
             Telemetry::catch_up(&self.drops, total);
         }
@@ -139,7 +154,11 @@ fn recv_buffer(sock: &Socket, want: u64, label: &str, t: &Telemetry) {
                     "the kernel capped the UDP receive buffer; bursts may be dropped. Raise the cap with: sysctl -w net.core.rmem_max={want}"
                 );
             } else {
-                tracing::info!(listener = label, granted_bytes = got / 2, "UDP receive buffer set");
+                tracing::info!(
+                    listener = label,
+                    granted_bytes = got / 2,
+                    "UDP receive buffer set"
+                );
             }
         }
         Err(e) => tracing::warn!(listener = label, error = %e, "cannot set the UDP receive buffer"),
@@ -166,9 +185,18 @@ pub fn bind_udp(cfg: &Udp, t: &Telemetry) -> io::Result<Vec<Socket>> {
 }
 
 /// Starts a UDP listener on `sockets` (from [`bind_udp`] or systemd).
-pub fn start_udp(cfg: &Udp, sockets: Vec<Socket>, store: &Arc<Store>, live: &Arc<crate::config::live::Live>, t: &Arc<Telemetry>) -> io::Result<Running> {
+pub fn start_udp(
+    cfg: &Udp,
+    sockets: Vec<Socket>,
+    store: &Arc<Store>,
+    live: &Arc<crate::config::live::Live>,
+    t: &Arc<Telemetry>,
+) -> io::Result<Running> {
     let label = cfg.label();
-    let addr = sockets.first().and_then(|s| s.local_addr().ok()).and_then(|a| a.as_socket());
+    let addr = sockets
+        .first()
+        .and_then(|s| s.local_addr().ok())
+        .and_then(|a| a.as_socket());
     let stop = Arc::new(AtomicBool::new(false));
     let sockets: Vec<Arc<Socket>> = sockets.into_iter().map(Arc::new).collect();
     let mut threads = Vec::new();
@@ -193,7 +221,11 @@ pub fn start_udp(cfg: &Udp, sockets: Vec<Socket>, store: &Arc<Store>, live: &Arc
             bufs: sys::MmsgBuffers::new(cfg.batch, cfg.max_datagram_size as usize),
             beat,
         };
-        threads.push(std::thread::Builder::new().name(format!("tallyd-udp-{i}")).spawn(move || worker.run())?);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("tallyd-udp-{i}"))
+                .spawn(move || worker.run())?,
+        );
     }
     tracing::info!(listener = %label, workers = threads.len(), "UDP listener started");
     Ok(Running {
@@ -211,7 +243,13 @@ pub fn start_udp(cfg: &Udp, sockets: Vec<Socket>, store: &Arc<Store>, live: &Arc
 
 /// Binds and starts a Unix datagram listener (one worker). A stale socket file is replaced;
 /// the file is removed at stop.
-pub fn start_unixgram(cfg: &Unixgram, inherited: Option<Socket>, store: &Arc<Store>, live: &Arc<crate::config::live::Live>, t: &Arc<Telemetry>) -> io::Result<Running> {
+pub fn start_unixgram(
+    cfg: &Unixgram,
+    inherited: Option<Socket>,
+    store: &Arc<Store>,
+    live: &Arc<crate::config::live::Live>,
+    t: &Arc<Telemetry>,
+) -> io::Result<Running> {
     let label = format!("unixgram://{}", cfg.path.display());
     let (sock, unlink) = match inherited {
         Some(s) => (s, None),
@@ -220,7 +258,10 @@ pub fn start_unixgram(cfg: &Unixgram, inherited: Option<Socket>, store: &Arc<Sto
                 // Stale if nobody answers on it.
                 let probe = std::os::unix::net::UnixDatagram::unbound()?;
                 if probe.connect(&cfg.path).is_ok() {
-                    return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{} is in use by another process", cfg.path.display())));
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("{} is in use by another process", cfg.path.display()),
+                    ));
                 }
                 std::fs::remove_file(&cfg.path)?;
             }
@@ -228,7 +269,10 @@ pub fn start_unixgram(cfg: &Unixgram, inherited: Option<Socket>, store: &Arc<Sto
                 std::fs::create_dir_all(dir)?;
             }
             let s = std::os::unix::net::UnixDatagram::bind(&cfg.path)?;
-            std::fs::set_permissions(&cfg.path, std::os::unix::fs::PermissionsExt::from_mode(cfg.mode))?;
+            std::fs::set_permissions(
+                &cfg.path,
+                std::os::unix::fs::PermissionsExt::from_mode(cfg.mode),
+            )?;
             (Socket::from(s), Some(cfg.path.clone()))
         }
     };
@@ -246,7 +290,9 @@ pub fn start_unixgram(cfg: &Unixgram, inherited: Option<Socket>, store: &Arc<Sto
         bufs: sys::MmsgBuffers::new(32, 65536),
         beat: beat.clone(),
     };
-    let thread = std::thread::Builder::new().name("tallyd-unixgram".into()).spawn(move || worker.run())?;
+    let thread = std::thread::Builder::new()
+        .name("tallyd-unixgram".into())
+        .spawn(move || worker.run())?;
     tracing::info!(listener = %label, "unixgram listener started");
     Ok(Running {
         drops: t.kernel_drops.with_label_values(&[&label]),
@@ -292,7 +338,14 @@ impl DatagramWorker {
                         self.writer.ingest(d, cut);
                     }
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
                     if stopping {
                         break;
                     }
@@ -308,9 +361,23 @@ impl DatagramWorker {
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
-            flush(&mut self.writer, &self.counters, &self.telemetry, &mut datagrams, &mut bytes, &mut truncated);
+            flush(
+                &mut self.writer,
+                &self.counters,
+                &self.telemetry,
+                &mut datagrams,
+                &mut bytes,
+                &mut truncated,
+            );
         }
-        flush(&mut self.writer, &self.counters, &self.telemetry, &mut datagrams, &mut bytes, &mut truncated);
+        flush(
+            &mut self.writer,
+            &self.counters,
+            &self.telemetry,
+            &mut datagrams,
+            &mut bytes,
+            &mut truncated,
+        );
     }
 }
 
@@ -325,7 +392,11 @@ impl Drop for AbortOnDrop {
 
 /// Binds a TCP listener.
 pub fn bind_tcp(cfg: &Tcp) -> io::Result<std::net::TcpListener> {
-    let s = Socket::new(Domain::for_address(cfg.listen), Type::STREAM, Some(Protocol::TCP))?;
+    let s = Socket::new(
+        Domain::for_address(cfg.listen),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     s.set_reuse_address(true)?;
     s.bind(&cfg.listen.into())?;
     s.listen(1024)?;
@@ -334,7 +405,13 @@ pub fn bind_tcp(cfg: &Tcp) -> io::Result<std::net::TcpListener> {
 }
 
 /// Starts a TCP listener: one task accepting, one task per connection, one writer shared.
-pub fn start_tcp(cfg: &Tcp, listener: std::net::TcpListener, store: &Arc<Store>, live: &Arc<crate::config::live::Live>, t: &Arc<Telemetry>) -> io::Result<Running> {
+pub fn start_tcp(
+    cfg: &Tcp,
+    listener: std::net::TcpListener,
+    store: &Arc<Store>,
+    live: &Arc<crate::config::live::Live>,
+    t: &Arc<Telemetry>,
+) -> io::Result<Running> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let label = format!("tcp://{addr}");

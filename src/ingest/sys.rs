@@ -38,7 +38,12 @@ impl MmsgBuffers {
                 h
             })
             .collect();
-        Self { bufs, size, iovecs, headers }
+        Self {
+            bufs,
+            size,
+            iovecs,
+            headers,
+        }
     }
 
     /// Receives up to a batch of datagrams: blocks for the first (up to the socket's read
@@ -52,8 +57,20 @@ impl MmsgBuffers {
         let flags = libc::MSG_WAITFORONE | if nonblocking { libc::MSG_DONTWAIT } else { 0 };
         // SAFETY: `headers` holds `len` valid mmsghdr whose iovecs point to `size`-byte
         // regions of `bufs`, all alive for this call; a null timeout is allowed.
-        let n = unsafe { libc::recvmmsg(fd, self.headers.as_mut_ptr(), self.headers.len() as u32, flags, std::ptr::null_mut()) };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.headers.as_mut_ptr(),
+                self.headers.len() as u32,
+                flags,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
 
     /// Datagram `i` of the last call and whether the kernel truncated it.
@@ -61,7 +78,10 @@ impl MmsgBuffers {
         let h = &self.headers[i];
         let len = (h.msg_len as usize).min(self.size);
         let start = i * self.size;
-        (&self.bufs[start..start + len], h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0)
+        (
+            &self.bufs[start..start + len],
+            h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+        )
     }
 }
 
@@ -88,7 +108,15 @@ pub fn set_recv_buffer(fd: &impl AsRawFd, bytes: u64) -> io::Result<u64> {
     let mut got: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: a valid fd and an out-pointer of the right size.
-    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, (&mut got as *mut libc::c_int).cast(), &mut len) };
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut got as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -103,8 +131,17 @@ pub fn socket_drops(fd: RawFd) -> Option<u64> {
     let mut info = [0u32; SK_MEMINFO_VARS];
     let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
     // SAFETY: a valid fd and an out-buffer of `len` bytes.
-    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_MEMINFO, info.as_mut_ptr().cast(), &mut len) };
-    (r == 0 && len as usize >= (SK_MEMINFO_DROPS + 1) * 4).then(|| u64::from(info[SK_MEMINFO_DROPS]))
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && len as usize >= (SK_MEMINFO_DROPS + 1) * 4)
+        .then(|| u64::from(info[SK_MEMINFO_DROPS]))
 }
 
 /// Takes ownership of file descriptor `fd` passed by systemd socket activation.
@@ -130,7 +167,10 @@ pub fn clear_env(keys: &[&str]) {
 
 /// CLOCK_MONOTONIC in microseconds (systemd's `MONOTONIC_USEC`).
 pub fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid clock id and an out-pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000

@@ -307,6 +307,8 @@ pub fn parse_line<'a>(
 }
 
 /// The Etsy multi-typed form: every `:`-separated part after the name carries its own `|`.
+/// A later part must itself start `<number>|<type>`, so a `:` inside a tag or a container id
+/// (`foo:1|c|#a:b|c:abc123`) never makes a line look multi-typed.
 fn is_etsy_form(rest: &str, first_pipe: usize) -> bool {
     // A v1.1 pack has its `:`s before the first `|`; the Etsy form has none there.
     if rest.as_bytes()[..first_pipe].contains(&b':') {
@@ -316,7 +318,11 @@ fn is_etsy_form(rest: &str, first_pipe: usize) -> bool {
     parts.next();
     let mut any = false;
     for p in parts {
-        if !p.contains('|') {
+        let mut f = p.split('|');
+        let (Some(v), Some(t)) = (f.next(), f.next()) else {
+            return false;
+        };
+        if parse_value(v).is_err() || MetricType::from_bytes(t.as_bytes()).is_none() {
             return false;
         }
         any = true;
@@ -436,7 +442,10 @@ fn parse_rate(raw: &str) -> Result<f64, ParseError> {
 }
 
 /// Reads the optional `|`-fields shared by events and service checks.
-fn special_fields<'a>(fields: impl Iterator<Item = &'a str>, opts: &ParseOptions) -> (TagFields<'a>, [&'a str; 2]) {
+fn special_fields<'a>(
+    fields: impl Iterator<Item = &'a str>,
+    opts: &ParseOptions,
+) -> (TagFields<'a>, [&'a str; 2]) {
     let mut tags = TagFields::default();
     let mut alert_type = "info";
     let mut priority = "normal";
@@ -457,7 +466,9 @@ fn special_fields<'a>(fields: impl Iterator<Item = &'a str>, opts: &ParseOptions
 /// `_e{<title_len>,<text_len>}:<title>|<text>|...`, after the `_e{`.
 fn parse_event<'a>(rest: &'a str, opts: &ParseOptions) -> Result<Special<'a>, ParseError> {
     let close = rest.find("}:").ok_or(ParseError::MalformedEvent)?;
-    let (tl, xl) = rest[..close].split_once(',').ok_or(ParseError::MalformedEvent)?;
+    let (tl, xl) = rest[..close]
+        .split_once(',')
+        .ok_or(ParseError::MalformedEvent)?;
     let title_len: usize = tl.parse().map_err(|_| ParseError::MalformedEvent)?;
     let text_len: usize = xl.parse().map_err(|_| ParseError::MalformedEvent)?;
     let body = &rest[close + 2..];
@@ -487,7 +498,10 @@ fn parse_event<'a>(rest: &'a str, opts: &ParseOptions) -> Result<Special<'a>, Pa
 /// `_sc|<name>|<status>|...`, after the `_sc|`.
 fn parse_service_check<'a>(rest: &'a str, opts: &ParseOptions) -> Result<Special<'a>, ParseError> {
     let mut fields = rest.split('|');
-    let name = fields.next().filter(|n| !n.is_empty()).ok_or(ParseError::MalformedServiceCheck)?;
+    let name = fields
+        .next()
+        .filter(|n| !n.is_empty())
+        .ok_or(ParseError::MalformedServiceCheck)?;
     let status = match fields.next() {
         Some("0") => 0,
         Some("1") => 1,
@@ -503,7 +517,9 @@ fn parse_service_check<'a>(rest: &'a str, opts: &ParseOptions) -> Result<Special
 mod tests {
     use super::*;
 
-    fn samples(line: &str) -> Result<Vec<(String, MetricType, f64, bool, f64, Vec<String>)>, ParseError> {
+    fn samples(
+        line: &str,
+    ) -> Result<Vec<(String, MetricType, f64, bool, f64, Vec<String>)>, ParseError> {
         let mut out = Vec::new();
         parse_line(line.as_bytes(), &ParseOptions::default(), &mut |s| {
             out.push((
@@ -569,7 +585,10 @@ mod tests {
         assert_eq!(s[0].5, vec!["a:b"]);
         assert_eq!(samples("foo:1|c|").unwrap().len(), 1);
         let s = samples("foo:1:2:3|d|#env:prod").unwrap();
-        assert_eq!(s.iter().map(|s| s.2).collect::<Vec<_>>(), vec![1.0, 2.0, 3.0]);
+        assert_eq!(
+            s.iter().map(|s| s.2).collect::<Vec<_>>(),
+            vec![1.0, 2.0, 3.0]
+        );
         let s = samples("foo:1|c:200|ms").unwrap();
         assert_eq!((s[0].1, s[0].2), (MetricType::Counter, 1.0));
         assert_eq!((s[1].1, s[1].2), (MetricType::Timer, 200.0));
@@ -587,7 +606,11 @@ mod tests {
     fn events_and_service_checks() {
         let opts = ParseOptions::default();
         match parse_line(b"_e{5,4}:title|text|t:warning", &opts, &mut |_| {}).unwrap() {
-            Parsed::Special(Special::Event { alert_type, priority, .. }) => {
+            Parsed::Special(Special::Event {
+                alert_type,
+                priority,
+                ..
+            }) => {
                 assert_eq!((alert_type, priority), ("warning", "normal"));
             }
             other => panic!("{other:?}"),
@@ -599,7 +622,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        for bad in [&b"_e{5,40}:title|text"[..], b"_e{x,4}:title|text", b"_e{99999999999999999999,1}:a|b", b"_sc|db|7", b"_sc||1"] {
+        for bad in [
+            &b"_e{5,40}:title|text"[..],
+            b"_e{x,4}:title|text",
+            b"_e{99999999999999999999,1}:a|b",
+            b"_sc|db|7",
+            b"_sc||1",
+        ] {
             assert!(parse_line(bad, &opts, &mut |_| {}).is_err());
         }
     }

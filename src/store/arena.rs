@@ -76,7 +76,10 @@ impl Shard {
     #[inline]
     pub(crate) fn add_f64(&self, offset: u32, v: f64) {
         let w = self.word(offset);
-        w.store((f64::from_bits(w.load(Ordering::Relaxed)) + v).to_bits(), Ordering::Relaxed);
+        w.store(
+            (f64::from_bits(w.load(Ordering::Relaxed)) + v).to_bits(),
+            Ordering::Relaxed,
+        );
     }
 
     /// Opens a seqlock write on the word at `seq`: readers retry until [`Shard::write_end`].

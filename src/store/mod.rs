@@ -91,7 +91,8 @@ pub struct ManualClock(std::sync::atomic::AtomicU64);
 impl ManualClock {
     /// Moves the clock forward.
     pub fn advance(&self, d: Duration) {
-        self.0.fetch_add(d.as_nanos() as u64, std::sync::atomic::Ordering::SeqCst);
+        self.0
+            .fetch_add(d.as_nanos() as u64, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -169,7 +170,12 @@ pub enum Refusal {
 
 impl Refusal {
     /// Reasons counted in `tallyd_samples_dropped_total`, by index.
-    pub const DROPPED: [Refusal; 4] = [Self::Conflict, Self::ReservedName, Self::MappingDrop, Self::InvalidMappedName];
+    pub const DROPPED: [Refusal; 4] = [
+        Self::Conflict,
+        Self::ReservedName,
+        Self::MappingDrop,
+        Self::InvalidMappedName,
+    ];
     /// Reasons counted in `tallyd_series_refused_total`, by index.
     pub const REFUSED: [Refusal; 2] = [Self::MaxSeries, Self::MaxSeriesPerMetric];
 
@@ -229,7 +235,10 @@ impl Stats {
 enum State {
     Live,
     /// Marked idle at store epoch `epoch`, time `at` (stamp seconds).
-    Retiring { epoch: u64, at: u64 },
+    Retiring {
+        epoch: u64,
+        at: u64,
+    },
     /// Slot free for reuse.
     Free,
 }
@@ -401,7 +410,10 @@ impl Store {
         if hit(family) {
             return true;
         }
-        kind == FamilyKind::Histogram && ["_bucket", "_sum", "_count"].iter().any(|s| hit(&format!("{family}{s}")))
+        kind == FamilyKind::Histogram
+            && ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|s| hit(&format!("{family}{s}")))
     }
 
     /// Finds or creates the series; returns its offset.
@@ -413,7 +425,10 @@ impl Store {
         let hash = self.hasher.hash_one(&key);
         let mut reg = lock(&self.registry);
         let reg = &mut *reg;
-        if let Some(&id) = reg.index.find(hash, |&id| *reg.series[id as usize].key == *key) {
+        if let Some(&id) = reg
+            .index
+            .find(hash, |&id| *reg.series[id as usize].key == *key)
+        {
             let meta = &mut reg.series[id as usize];
             if meta.layout != n.layout {
                 return Err(Refusal::Conflict);
@@ -431,7 +446,10 @@ impl Store {
         // A new series: check the family claim and the limits.
         match reg.families.get(n.family) {
             Some(f) if f.kind != n.kind => return Err(Refusal::Conflict),
-            Some(f) if n.limits.max_series_per_metric > 0 && f.series.len() >= n.limits.max_series_per_metric => {
+            Some(f)
+                if n.limits.max_series_per_metric > 0
+                    && f.series.len() >= n.limits.max_series_per_metric =>
+            {
                 log_limit(&mut reg.last_limit_log, n.family, "max_series_per_metric");
                 return Err(Refusal::MaxSeriesPerMetric);
             }
@@ -494,7 +512,9 @@ impl Store {
         };
         family.series.push(id);
         let series = &reg.series;
-        reg.index.insert_unique(hash, id, |&i| self.hasher.hash_one(&*series[i as usize].key));
+        reg.index.insert_unique(hash, id, |&i| {
+            self.hasher.hash_one(&*series[i as usize].key)
+        });
         reg.count += 1;
         self.series_gauge.store(reg.count as u64, Ordering::Relaxed);
         Ok(offset)
@@ -514,7 +534,11 @@ impl Store {
     pub fn sweep(&self) -> usize {
         let now = self.stamp_now();
         let shards = self.shards();
-        let min_seen = shards.iter().map(|s| s.seen_epoch.load(Ordering::Acquire)).min().unwrap_or(u64::MAX);
+        let min_seen = shards
+            .iter()
+            .map(|s| s.seen_epoch.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX);
         let mut reg = lock(&self.registry);
         let reg = &mut *reg;
         // Phase 2: reclaim series every writer has forgotten, unless touched since marked.
@@ -550,7 +574,10 @@ impl Store {
                 }
                 let seen = Self::last_seen(&shards, meta);
                 if now.saturating_sub(seen) >= u64::from(meta.ttl) {
-                    meta.state = State::Retiring { epoch: next_epoch, at: now };
+                    meta.state = State::Retiring {
+                        epoch: next_epoch,
+                        at: now,
+                    };
                     reg.retiring.push(id);
                     marked = true;
                 }
@@ -559,7 +586,8 @@ impl Store {
         if marked {
             // Retiring series are no longer found by lookups: take them out of the index now.
             let series = &reg.series;
-            reg.index.retain(|&mut id| !matches!(series[id as usize].state, State::Retiring { .. }));
+            reg.index
+                .retain(|&mut id| !matches!(series[id as usize].state, State::Retiring { .. }));
             self.epoch.store(next_epoch, Ordering::Release);
         }
         reclaimed
@@ -570,7 +598,10 @@ impl Store {
         for s in shards {
             s.zero(meta.offset, meta.layout.words());
         }
-        reg.free_words.entry(meta.layout.words()).or_default().push(meta.offset);
+        reg.free_words
+            .entry(meta.layout.words())
+            .or_default()
+            .push(meta.offset);
         meta.state = State::Free;
         let pos = meta.pos as usize;
         let fam_name = meta.family().to_string();
@@ -599,14 +630,24 @@ impl Store {
         let mut words = Vec::new();
         let mut buckets = Vec::new();
         for (name, fam) in &reg.families {
-            let live = fam.series.iter().filter(|&&id| reg.series[id as usize].state == State::Live);
+            let live = fam
+                .series
+                .iter()
+                .filter(|&&id| reg.series[id as usize].state == State::Live);
             if live.clone().next().is_none() {
                 continue;
             }
             v.family(name, fam.kind, fam.help.as_deref());
             for &id in live {
                 let meta = &reg.series[id as usize];
-                let values = read_series(&shards, meta, fam.buckets.as_deref(), half, &mut words, &mut buckets);
+                let values = read_series(
+                    &shards,
+                    meta,
+                    fam.buckets.as_deref(),
+                    half,
+                    &mut words,
+                    &mut buckets,
+                );
                 v.series(meta.labels(), values);
             }
         }
@@ -617,7 +658,9 @@ impl Store {
 fn collides(families: &BTreeMap<Arc<str>, Family>, name: &str, kind: FamilyKind) -> bool {
     const SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
     if kind == FamilyKind::Histogram {
-        return SUFFIXES.iter().any(|s| families.contains_key(format!("{name}{s}").as_str()));
+        return SUFFIXES
+            .iter()
+            .any(|s| families.contains_key(format!("{name}{s}").as_str()));
     }
     SUFFIXES.iter().any(|s| {
         name.strip_suffix(s)
@@ -630,7 +673,11 @@ fn log_limit(last: &mut Option<std::time::Instant>, family: &str, limit: &str) {
     let now = std::time::Instant::now();
     if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
         *last = Some(now);
-        tracing::warn!(metric = family, limit, "series limit reached; new series are refused (logged at most every 10s)");
+        tracing::warn!(
+            metric = family,
+            limit,
+            "series limit reached; new series are refused (logged at most every 10s)"
+        );
     }
 }
 
@@ -717,7 +764,11 @@ fn hll_estimate(regs: &[u8]) -> f64 {
     let sum: f64 = regs.iter().map(|&r| 2f64.powi(-i32::from(r))).sum();
     let zeros = regs.iter().filter(|&&r| r == 0).count() as f64;
     let e = alpha * m * m / sum;
-    let e = if e <= 2.5 * m && zeros > 0.0 { m * (m / zeros).ln() } else { e };
+    let e = if e <= 2.5 * m && zeros > 0.0 {
+        m * (m / zeros).ln()
+    } else {
+        e
+    };
     e.round()
 }
 
@@ -798,7 +849,14 @@ impl Stats {
 
 /// Counts a resolved sample's outcome and, for a series, adds it to the shard.
 #[inline]
-fn settle(e: &Entry, shard: &Shard, batch: &Batch, stats: &mut Stats, s: &Sample<'_>, counted: bool) {
+fn settle(
+    e: &Entry,
+    shard: &Shard,
+    batch: &Batch,
+    stats: &mut Stats,
+    s: &Sample<'_>,
+    counted: bool,
+) {
     match e {
         Entry::Series {
             offset,
@@ -811,9 +869,21 @@ fn settle(e: &Entry, shard: &Shard, batch: &Batch, stats: &mut Stats, s: &Sample
             if counted {
                 stats.samples[Stats::sample_kind_index(s.kind)] += 1;
             }
-            apply(shard, batch, s, *offset, *layout, *scale, buckets.as_deref());
+            apply(
+                shard,
+                batch,
+                s,
+                *offset,
+                *layout,
+                *scale,
+                buckets.as_deref(),
+            );
         }
-        Entry::Refused { reason, rule, tag_errors } => {
+        Entry::Refused {
+            reason,
+            rule,
+            tag_errors,
+        } => {
             stats.tag_errors(*tag_errors);
             stats.refusal(*reason, *rule);
         }
@@ -822,7 +892,15 @@ fn settle(e: &Entry, shard: &Shard, batch: &Batch, stats: &mut Stats, s: &Sample
 
 /// Adds a sample to a shard: the hot path.
 #[inline]
-fn apply(shard: &Shard, batch: &Batch, s: &Sample<'_>, o: u32, layout: Layout, scale: f64, bounds: Option<&[f64]>) {
+fn apply(
+    shard: &Shard,
+    batch: &Batch,
+    s: &Sample<'_>,
+    o: u32,
+    layout: Layout,
+    scale: f64,
+    bounds: Option<&[f64]>,
+) {
     match layout {
         Layout::Counter => shard.add_f64(o, s.value * scale / s.rate),
         Layout::Gauge => {
@@ -831,7 +909,9 @@ fn apply(shard: &Shard, batch: &Batch, s: &Sample<'_>, o: u32, layout: Layout, s
                 shard.add_f64(o + 2, s.value * scale);
             } else {
                 shard.word(o + 1).store(batch.time_nanos, Ordering::Relaxed);
-                shard.word(o + 2).store((s.value * scale).to_bits(), Ordering::Relaxed);
+                shard
+                    .word(o + 2)
+                    .store((s.value * scale).to_bits(), Ordering::Relaxed);
             }
             shard.write_end(o, seq);
         }
@@ -859,7 +939,9 @@ fn apply(shard: &Shard, batch: &Batch, s: &Sample<'_>, o: u32, layout: Layout, s
                 for i in 0..HLL_WORDS {
                     shard.word(base + i).store(0, Ordering::Relaxed);
                 }
-                shard.word(o + 1 + slot).store(batch.set_half, Ordering::Relaxed);
+                shard
+                    .word(o + 1 + slot)
+                    .store(batch.set_half, Ordering::Relaxed);
             }
             let w = shard.word(o + 4 + slot * HLL_WORDS + reg / 8);
             let mut bytes = w.load(Ordering::Relaxed).to_le_bytes();
@@ -871,7 +953,9 @@ fn apply(shard: &Shard, batch: &Batch, s: &Sample<'_>, o: u32, layout: Layout, s
             shard.write_end(o, seq);
         }
     }
-    shard.word(o + layout.stamp()).store(batch.stamp, Ordering::Relaxed);
+    shard
+        .word(o + layout.stamp())
+        .store(batch.stamp, Ordering::Relaxed);
 }
 
 impl Writer {
@@ -894,7 +978,13 @@ impl Writer {
             time_nanos: now.as_nanos() as u64 + 1,
             set_half: half_window_index(now, self.snap.config.defaults.set_window),
         };
-        let cap = self.snap.config.limits.max_series.saturating_mul(2).max(1024);
+        let cap = self
+            .snap
+            .config
+            .limits
+            .max_series
+            .saturating_mul(2)
+            .max(1024);
         if self.cache.len() > cap {
             self.cache.clear();
         }
@@ -934,7 +1024,8 @@ impl Writer {
 
     fn line_info(&mut self, info: LineInfo) {
         self.stats.unknown_fields += u64::from(info.unknown_fields);
-        self.stats.tag_errors[TagError::TooManyFields as usize] += u64::from(info.dropped_tag_fields);
+        self.stats.tag_errors[TagError::TooManyFields as usize] +=
+            u64::from(info.dropped_tag_fields);
     }
 
     /// Builds the cache key of a sample: type, raw name, raw tag fields, container id.
@@ -952,7 +1043,12 @@ impl Writer {
 
     /// Looks the built key up in the cache, resolving and caching it on a miss, and settles
     /// the sample. The hit path clones nothing and takes no lock.
-    fn settle_key(&mut self, s: &Sample<'_>, counted: bool, resolve: impl FnOnce(&mut Self) -> Entry) {
+    fn settle_key(
+        &mut self,
+        s: &Sample<'_>,
+        counted: bool,
+        resolve: impl FnOnce(&mut Self) -> Entry,
+    ) {
         if let Some(e) = self.cache.get(self.key.as_slice()) {
             self.stats.cache_hits += 1;
             settle(e, &self.shard, &self.batch, &mut self.stats, s, counted);
@@ -963,14 +1059,24 @@ impl Writer {
         settle(&e, &self.shard, &self.batch, &mut self.stats, s, counted);
         // Limit refusals are not cached: the limit may free up, and an attacker's unique
         // names must not grow the cache.
-        if !matches!(e, Entry::Refused { reason: Refusal::MaxSeries | Refusal::MaxSeriesPerMetric, .. }) {
+        if !matches!(
+            e,
+            Entry::Refused {
+                reason: Refusal::MaxSeries | Refusal::MaxSeriesPerMetric,
+                ..
+            }
+        ) {
             self.cache.insert(self.key.as_slice().into(), e);
         }
     }
 
     /// Aggregates one parsed sample.
     pub fn record(&mut self, s: &Sample<'_>) {
-        let cid = if self.snap.config.parse.container_id_label { s.container_id.unwrap_or("") } else { "" };
+        let cid = if self.snap.config.parse.container_id_label {
+            s.container_id.unwrap_or("")
+        } else {
+            ""
+        };
         self.build_key(s.kind as u8, s.name, s.tags.as_slice(), cid);
         self.settle_key(s, true, |w| w.resolve(s));
     }
@@ -999,15 +1105,29 @@ impl Writer {
             return refused(Refusal::EmptyName, 0);
         }
         let observer = s.kind.is_observer();
-        let default_scale = if s.kind == MetricType::Timer { 0.001 } else { 1.0 };
+        let default_scale = if s.kind == MetricType::Timer {
+            0.001
+        } else {
+            1.0
+        };
         let default_buckets = || -> Arc<[f64]> {
-            let b = if s.kind == MetricType::Timer { &cfg.defaults.timer_buckets } else { &cfg.defaults.histogram_buckets };
+            let b = if s.kind == MetricType::Timer {
+                &cfg.defaults.timer_buckets
+            } else {
+                &cfg.defaults.histogram_buckets
+            };
             Arc::from(b.as_slice())
         };
         let (name, ttl, buckets, help, scale) = match snap.mapper.map(&base, s.kind) {
             Mapped::Unmapped => {
                 self.stats.unmapped += 1;
-                (names::metric_name(&base), cfg.defaults.ttl, None, None, default_scale)
+                (
+                    names::metric_name(&base),
+                    cfg.defaults.ttl,
+                    None,
+                    None,
+                    default_scale,
+                )
             }
             Mapped::Drop { rule } => return refused(Refusal::MappingDrop, rule),
             Mapped::Map {
@@ -1023,12 +1143,22 @@ impl Writer {
                     return refused(Refusal::InvalidMappedName, 0);
                 }
                 tags.extend(labels.into_iter().filter(|(_, v)| !v.is_empty()));
-                (names::metric_name(&name), ttl.unwrap_or(cfg.defaults.ttl), buckets, help, scale.unwrap_or(default_scale))
+                (
+                    names::metric_name(&name),
+                    ttl.unwrap_or(cfg.defaults.ttl),
+                    buckets,
+                    help,
+                    scale.unwrap_or(default_scale),
+                )
             }
         };
         let (family, kind, layout) = match s.kind {
             MetricType::Counter => {
-                let f = if name.ends_with("_total") { name } else { format!("{name}_total") };
+                let f = if name.ends_with("_total") {
+                    name
+                } else {
+                    format!("{name}_total")
+                };
                 (f, FamilyKind::Counter, Layout::Counter)
             }
             MetricType::Gauge => (name, FamilyKind::Gauge, Layout::Gauge),
@@ -1041,7 +1171,9 @@ impl Writer {
             (Layout::Histogram(_), Some(b)) => Layout::Histogram(b.len() as u8),
             (l, _) => l,
         };
-        self.create(&family, kind, &labels, layout, ttl, help, buckets, scale, errors)
+        self.create(
+            &family, kind, &labels, layout, ttl, help, buckets, scale, errors,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1072,7 +1204,11 @@ impl Writer {
                 offset,
                 layout,
                 scale,
-                buckets: if matches!(layout, Layout::Histogram(_)) { buckets } else { None },
+                buckets: if matches!(layout, Layout::Histogram(_)) {
+                    buckets
+                } else {
+                    None
+                },
                 tag_errors,
             },
             Err(reason) => Entry::Refused {
@@ -1086,7 +1222,11 @@ impl Writer {
     /// Aggregates an event or service check.
     fn special(&mut self, sp: &Special<'_>) {
         let (kind, name, tags, extra, value) = match sp {
-            Special::Event { alert_type, priority, tags } => {
+            Special::Event {
+                alert_type,
+                priority,
+                tags,
+            } => {
                 self.stats.events += 1;
                 (b'E', *alert_type, tags, *priority, 1.0)
             }
@@ -1097,7 +1237,11 @@ impl Writer {
         };
         let sample = Sample {
             name,
-            kind: if kind == b'E' { MetricType::Counter } else { MetricType::Gauge },
+            kind: if kind == b'E' {
+                MetricType::Counter
+            } else {
+                MetricType::Gauge
+            },
             value,
             delta: false,
             rate: 1.0,
@@ -1114,12 +1258,27 @@ impl Writer {
                 names::one_tag(t, ':', &mut labels, &mut errors);
             }
             let (family, fk, layout, fixed) = if kind == b'E' {
-                ("statsd_events_total", FamilyKind::Counter, Layout::Counter, [("alert_type", name), ("priority", extra)])
+                (
+                    "statsd_events_total",
+                    FamilyKind::Counter,
+                    Layout::Counter,
+                    [("alert_type", name), ("priority", extra)],
+                )
             } else {
-                ("statsd_service_check_status", FamilyKind::Gauge, Layout::Gauge, [("check", name), ("", "")])
+                (
+                    "statsd_service_check_status",
+                    FamilyKind::Gauge,
+                    Layout::Gauge,
+                    [("check", name), ("", "")],
+                )
             };
             // The fixed labels go last so a tag cannot override them.
-            labels.extend(fixed.iter().filter(|(k, _)| !k.is_empty()).map(|(k, v)| (k.to_string(), v.to_string())));
+            labels.extend(
+                fixed
+                    .iter()
+                    .filter(|(k, _)| !k.is_empty())
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+            );
             let labels = names::render_labels(labels, false, &mut errors);
             let ttl = w.snap.config.defaults.ttl;
             w.create(family, fk, &labels, layout, ttl, None, None, 1.0, errors)
@@ -1128,5 +1287,11 @@ impl Writer {
 }
 
 /// Set members hash the same in every worker, so their registers merge.
-static SET_HASHER: std::sync::LazyLock<ahash::RandomState> =
-    std::sync::LazyLock::new(|| ahash::RandomState::with_seeds(0x7a11_d5e7, 0x5e75_0f00, 0x1234_5678_9abc_def0, 0x0fed_cba9_8765_4321));
+static SET_HASHER: std::sync::LazyLock<ahash::RandomState> = std::sync::LazyLock::new(|| {
+    ahash::RandomState::with_seeds(
+        0x7a11_d5e7,
+        0x5e75_0f00,
+        0x1234_5678_9abc_def0,
+        0x0fed_cba9_8765_4321,
+    )
+});

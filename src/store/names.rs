@@ -64,7 +64,12 @@ impl TagErrors {
 
 /// Splits name-embedded tags off `raw` (SignalFx `[k=v]`, Librato `#k=v`, InfluxDB `,k=v`, each
 /// as switched on in `[parse]`), pushing them onto `tags`. Returns the bare StatsD name.
-pub fn split_name_tags(raw: &str, p: &Parse, tags: &mut Vec<(String, String)>, errors: &mut TagErrors) -> String {
+pub fn split_name_tags(
+    raw: &str,
+    p: &Parse,
+    tags: &mut Vec<(String, String)>,
+    errors: &mut TagErrors,
+) -> String {
     let mut name = std::borrow::Cow::Borrowed(raw);
     if p.signalfx_tags && (raw.contains('[') || raw.contains(']')) {
         match signalfx(raw, tags, errors) {
@@ -137,7 +142,13 @@ pub fn metric_name(s: &str) -> String {
     if s.starts_with(|c: char| c.is_ascii_digit()) {
         out.push('_');
     }
-    out.extend(s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' }));
+    out.extend(s.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            c
+        } else {
+            '_'
+        }
+    }));
     out
 }
 
@@ -148,7 +159,13 @@ pub fn label_name(s: &str) -> String {
     if s.starts_with(|c: char| c.is_ascii_digit()) {
         out.push('_');
     }
-    out.extend(s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }));
+    out.extend(s.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
     out
 }
 
@@ -166,7 +183,11 @@ pub fn escape_into(out: &mut String, v: &str) {
 
 /// Sanitises, filters and sorts `tags` into the rendered label set `k="v",k2="v2"` (no braces).
 /// Later duplicates win. `observer` drops `le` and `quantile`, which the exposition adds itself.
-pub fn render_labels(tags: Vec<(String, String)>, observer: bool, errors: &mut TagErrors) -> String {
+pub fn render_labels(
+    tags: Vec<(String, String)>,
+    observer: bool,
+    errors: &mut TagErrors,
+) -> String {
     let mut labels: Vec<(String, String)> = Vec::with_capacity(tags.len());
     for (k, v) in tags {
         let k = label_name(&k);
@@ -210,9 +231,15 @@ mod tests {
         assert_eq!(split("foo,env=prod").1, vec![("env".into(), "prod".into())]);
         assert_eq!(split("foo#env=prod").1, vec![("env".into(), "prod".into())]);
         let (n, t, _) = split("foo.[env=prod]bar");
-        assert_eq!((n.as_str(), t), ("foo.bar", vec![("env".into(), "prod".into())]));
+        assert_eq!(
+            (n.as_str(), t),
+            ("foo.bar", vec![("env".into(), "prod".into())])
+        );
         let (n, _, e) = split("a]b[c");
-        assert_eq!((n.as_str(), e.0[TagError::MalformedBrackets as usize]), ("a]b[c", 1));
+        assert_eq!(
+            (n.as_str(), e.0[TagError::MalformedBrackets as usize]),
+            ("a]b[c", 1)
+        );
         for bad in ["[[a=b]]", "a[b", "a[b=c]]", "]["] {
             let (n, _, e) = split(bad);
             assert_eq!((n.as_str(), e.is_empty()), (bad, false), "{bad}");
@@ -228,7 +255,12 @@ mod tests {
         assert_eq!(label_name("09x"), "_09x");
         let mut e = TagErrors::default();
         let l = render_labels(
-            vec![("b".into(), "1".into()), ("a".into(), "q\"\\\n".into()), ("b".into(), "2".into()), ("__name__".into(), "x".into())],
+            vec![
+                ("b".into(), "1".into()),
+                ("a".into(), "q\"\\\n".into()),
+                ("b".into(), "2".into()),
+                ("__name__".into(), "x".into()),
+            ],
             false,
             &mut e,
         );
