@@ -138,7 +138,7 @@ impl Default for Udp {
             listen: "127.0.0.1:8125".parse().expect("static address"),
             workers: 0,
             recv_buffer: 8 << 20,
-            max_datagram_size: 65535,
+            max_datagram_size: 65536,
             batch: 32,
         }
     }
@@ -382,7 +382,7 @@ impl Config {
             if u.batch == 0 || u.batch > 1024 {
                 return Err(at("[[udp]]", i, "batch must be between 1 and 1024".into()));
             }
-            if u.max_datagram_size == 0 || u.max_datagram_size > 65535 {
+            if u.max_datagram_size == 0 || u.max_datagram_size > 65536 {
                 return Err(at(
                     "[[udp]]",
                     i,

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -58,10 +59,10 @@ pub struct State {
     pub before_scrape: Box<dyn Fn() + Send + Sync>,
 }
 
-type Body = Full<Bytes>;
+type Body = BoxBody<Bytes, Infallible>;
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -136,25 +137,45 @@ async fn metrics(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> 
             v.split(',')
                 .any(|e| e.trim().split(';').next() == Some("gzip"))
         });
+    // The body streams from a blocking thread through a small channel: the scrape's memory is
+    // a few chunks, and a slow client stalls only its own render (the registry lock is held
+    // for one chunk at a time, never while waiting for the client).
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(2);
     let st = state.clone();
-    let body = tokio::task::spawn_blocking(move || {
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
         (st.before_scrape)();
         let window = st.live.load().config.defaults.set_window;
-        let text = super::render(&st.store, &st.telemetry, window);
-        if gzip {
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(text.len() / 4),
+        let mut gz = gzip.then(|| {
+            flate2::write::GzEncoder::new(
+                Vec::with_capacity(64 * 1024),
                 flate2::Compression::fast(),
-            );
-            let _ = enc.write_all(text.as_bytes());
-            enc.finish().map(Bytes::from).unwrap_or_default()
-        } else {
-            Bytes::from(text)
+            )
+        });
+        let mut send = |bytes: Bytes| rt.block_on(tx.send_data(bytes)).is_ok();
+        let mut ok = true;
+        super::render_chunks(&st.store, &st.telemetry, window, |chunk| {
+            ok = match gz.as_mut() {
+                Some(enc) => {
+                    let _ = enc.write_all(chunk.as_bytes());
+                    let _ = enc.flush();
+                    let out = std::mem::take(enc.get_mut());
+                    out.is_empty() || send(Bytes::from(out))
+                }
+                None => send(Bytes::copy_from_slice(chunk.as_bytes())),
+            };
+            ok
+        });
+        if !ok {
+            st.telemetry.scrape_errors.inc();
+        } else if let Some(enc) = gz
+            && let Ok(tail) = enc.finish()
+            && !tail.is_empty()
+        {
+            send(Bytes::from(tail));
         }
-    })
-    .await
-    .unwrap_or_default();
-    let mut r = text(StatusCode::OK, body);
+    });
+    let mut r = Response::new(body.boxed());
     r.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -131,17 +131,51 @@ impl Visitor for TextVisitor<'_> {
     }
 }
 
-/// Renders the whole exposition: the StatsD families, then tallyd's own metrics.
-pub fn render(store: &Store, telemetry: &Telemetry, set_window: std::time::Duration) -> String {
-    let mut out = String::with_capacity(64 * 1024);
-    store.visit(set_window, &mut TextVisitor::new(&mut out));
+/// Series rendered per registry lock hold and per streamed chunk.
+pub const CHUNK_SERIES: usize = 2048;
+
+/// Renders the exposition in chunks: the StatsD families, then tallyd's own metrics. `sink`
+/// gets each chunk (a few hundred KiB at most) and returns false to stop (client gone). Memory
+/// stays bounded by one chunk whatever the number of series.
+pub fn render_chunks(
+    store: &Store,
+    telemetry: &Telemetry,
+    set_window: std::time::Duration,
+    mut sink: impl FnMut(&str) -> bool,
+) {
+    let mut out = String::with_capacity(256 * 1024);
+    let mut cursor = crate::store::Cursor::default();
+    loop {
+        out.clear();
+        let done = store.visit_some(
+            set_window,
+            &mut cursor,
+            CHUNK_SERIES,
+            &mut TextVisitor::new(&mut out),
+        );
+        if !out.is_empty() && !sink(&out) {
+            return;
+        }
+        if done {
+            break;
+        }
+    }
     telemetry.series.set(store.series_count() as i64);
     Telemetry::catch_up(&telemetry.expired, store.expired_total());
     let families = telemetry.registry.gather();
     let mut buf = Vec::new();
     if prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut buf).is_ok() {
-        out.push_str(&String::from_utf8_lossy(&buf));
+        sink(&String::from_utf8_lossy(&buf));
     }
+}
+
+/// Renders the whole exposition into one string (tests, benches).
+pub fn render(store: &Store, telemetry: &Telemetry, set_window: std::time::Duration) -> String {
+    let mut out = String::new();
+    render_chunks(store, telemetry, set_window, |c| {
+        out.push_str(c);
+        true
+    });
     out
 }
 

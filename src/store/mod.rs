@@ -624,22 +624,57 @@ impl Store {
 
     /// Walks every live series in family-name order. `set_window` is the sets' window.
     pub fn visit(&self, set_window: Duration, v: &mut impl Visitor) {
+        let mut cursor = Cursor::default();
+        while !self.visit_some(set_window, &mut cursor, usize::MAX, v) {}
+    }
+
+    /// Walks at most `budget` series from `cursor`, holding the registry lock only for those,
+    /// so a scrape of a million series never blocks series creation for long and can stream
+    /// its output. Returns true when the walk is complete.
+    ///
+    /// Between calls series may come and go: a series appended during the walk is rendered if
+    /// the walk has not passed it; a removal moves the family's last series into the gap
+    /// (`swap_remove`), so a series can be missed by one scrape but never rendered twice.
+    pub fn visit_some(
+        &self,
+        set_window: Duration,
+        cursor: &mut Cursor,
+        budget: usize,
+        v: &mut impl Visitor,
+    ) -> bool {
+        use std::ops::Bound;
         let shards = self.shards();
         let half = half_window_index(self.clock.now(), set_window);
         let reg = lock(&self.registry);
         let mut words = Vec::new();
         let mut buckets = Vec::new();
-        for (name, fam) in &reg.families {
-            let live = fam
-                .series
-                .iter()
-                .filter(|&&id| reg.series[id as usize].state == State::Live);
-            if live.clone().next().is_none() {
+        let mut left = budget;
+        let start: Bound<&str> = match &cursor.family {
+            Some((name, _)) => Bound::Included(&**name),
+            None => Bound::Unbounded,
+        };
+        for (name, fam) in reg.families.range::<str, _>((start, Bound::Unbounded)) {
+            let resuming = cursor.family.as_ref().is_some_and(|(n, _)| **n == **name);
+            if resuming && cursor.family.as_ref().is_some_and(|(_, k)| *k != fam.kind) {
+                // The family was re-created with another type since its header went out.
                 continue;
             }
-            v.family(name, fam.kind, fam.help.as_deref());
-            for &id in live {
+            let mut header = resuming;
+            let from = if resuming { cursor.next } else { 0 };
+            for (i, &id) in fam.series.iter().enumerate().skip(from) {
                 let meta = &reg.series[id as usize];
+                if meta.state != State::Live {
+                    continue;
+                }
+                if left == 0 {
+                    cursor.family = Some((name.clone(), fam.kind));
+                    cursor.next = i;
+                    return false;
+                }
+                if !header {
+                    v.family(name, fam.kind, fam.help.as_deref());
+                    header = true;
+                }
                 let values = read_series(
                     &shards,
                     meta,
@@ -649,9 +684,19 @@ impl Store {
                     &mut buckets,
                 );
                 v.series(meta.labels(), values);
+                left -= 1;
             }
         }
+        cursor.family = None;
+        true
     }
+}
+
+/// Where a chunked walk ([`Store::visit_some`]) resumes.
+#[derive(Debug, Default)]
+pub struct Cursor {
+    family: Option<(Arc<str>, FamilyKind)>,
+    next: usize,
 }
 
 /// True if creating family `name` of `kind` would collide with histogram suffixes.
