@@ -43,8 +43,10 @@ impl Snapshot {
 /// What a successful reload changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reloaded {
-    /// The listener sections (or the HTTP address) differ from the running ones.
+    /// The ingest listener sections differ from the running ones.
     pub listeners_changed: bool,
+    /// `[http]` settings that need a restart differ from the running ones.
+    pub http_changed: bool,
     /// Warnings of the new file.
     pub warnings: Vec<String>,
 }
@@ -120,6 +122,7 @@ impl Live {
         let old = self.cell.load();
         let out = Reloaded {
             listeners_changed: old.config.listeners_differ(&new.config),
+            http_changed: old.config.http_differs(&new.config),
             warnings: new.warnings.iter().map(ToString::to_string).collect(),
         };
         self.cell.store(Arc::new(new));

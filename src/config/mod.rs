@@ -101,6 +101,14 @@ pub struct Http {
     /// Time allowed to read a request's headers.
     #[serde(deserialize_with = "duration")]
     pub header_read_timeout: Duration,
+    /// PEM certificate chain; with `tls_key_file`, the endpoint serves HTTPS only.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// `user = "<bcrypt hash>"`: when non-empty, `/metrics` and `/-/reload` need HTTP basic
+    /// auth (the health endpoints stay open for probes).
+    #[serde(deserialize_with = "bcrypt_users")]
+    pub basic_auth_users: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Http {
@@ -110,6 +118,9 @@ impl Default for Http {
             enable_lifecycle: false,
             max_connections: 64,
             header_read_timeout: Duration::from_secs(5),
+            tls_cert_file: None,
+            tls_key_file: None,
+            basic_auth_users: Default::default(),
         }
     }
 }
@@ -419,6 +430,13 @@ impl Config {
         if self.limits.max_series == 0 {
             return Err(at("max_series", 0, "must be at least 1".into()));
         }
+        if self.http.tls_cert_file.is_some() != self.http.tls_key_file.is_some() {
+            return Err(at(
+                "tls_",
+                0,
+                "tls_cert_file and tls_key_file go together".into(),
+            ));
+        }
         if self.http.max_connections == 0 {
             return Err(at("max_connections", 0, "must be at least 1".into()));
         }
@@ -428,12 +446,20 @@ impl Config {
         Ok(())
     }
 
-    /// True if the listeners differ (they are re-bound on reload).
+    /// True if the ingest listeners differ (they are re-bound on reload).
     pub fn listeners_differ(&self, other: &Config) -> bool {
-        self.udp != other.udp
-            || self.tcp != other.tcp
-            || self.unixgram != other.unixgram
-            || self.http.listen != other.http.listen
+        self.udp != other.udp || self.tcp != other.tcp || self.unixgram != other.unixgram
+    }
+
+    /// True if `[http]` settings that only take effect at start differ (address, TLS,
+    /// connection limits). `enable_lifecycle` and `basic_auth_users` apply live.
+    pub fn http_differs(&self, other: &Config) -> bool {
+        let (a, b) = (&self.http, &other.http);
+        a.listen != b.listen
+            || a.tls_cert_file != b.tls_cert_file
+            || a.tls_key_file != b.tls_key_file
+            || a.max_connections != b.max_connections
+            || a.header_read_timeout != b.header_read_timeout
     }
 }
 
@@ -458,7 +484,9 @@ fn locate(text: &str, e: &toml::de::Error) -> ConfigError {
         .or_else(|| {
             // "unknown field `x`" errors point at the table; name the field.
             let m = e.message();
-            m.split('`').nth(1).map(str::to_string)
+            (m.starts_with("unknown field") || m.starts_with("missing field") || m.starts_with("duplicate"))
+                .then(|| m.split('`').nth(1).map(str::to_string))
+                .flatten()
         });
     ConfigError {
         line: if e.span().is_some() { line } else { 0 },
@@ -480,6 +508,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(s)
         .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. \"500ms\", \"10s\", \"5m\""))
+}
+
+/// A bcrypt password hash, checked while deserialising so an error points at the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BcryptHash(pub String);
+
+impl<'de> Deserialize<'de> for BcryptHash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let hash = String::deserialize(d)?;
+        if hash.parse::<bcrypt::HashParts>().is_err() {
+            return Err(serde::de::Error::custom(
+                "must be a bcrypt hash (e.g. from `htpasswd -nbBC 10 user pass`), not a plain password",
+            ));
+        }
+        Ok(Self(hash))
+    }
+}
+
+fn bcrypt_users<'de, D: Deserializer<'de>>(d: D) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    let users = std::collections::BTreeMap::<String, BcryptHash>::deserialize(d)?;
+    if let Some(user) = users.keys().find(|u| u.is_empty() || u.contains(':')) {
+        return Err(serde::de::Error::custom(format!("invalid user name {user:?}")));
+    }
+    Ok(users.into_iter().map(|(u, h)| (u, h.0)).collect())
 }
 
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {

@@ -55,6 +55,8 @@ pub struct State {
     pub ready: Arc<Readiness>,
     /// Where `POST /-/reload` sends its request.
     pub control: mpsc::Sender<Control>,
+    /// Basic-auth state.
+    pub auth: Auth,
     /// Called before each scrape (reads kernel drop counters from the sockets).
     pub before_scrape: Box<dyn Fn() + Send + Sync>,
 }
@@ -83,6 +85,15 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    let path = req.uri().path();
+    if (path == "/metrics" || path == "/-/reload")
+        && !state
+            .auth
+            .allows(&state.live.load().config.http.basic_auth_users, &req)
+            .await
+    {
+        return Ok(unauthorized());
+    }
     Ok(match req.uri().path() {
         "/metrics" if get => metrics(&state, &req).await,
         "/-/healthy" if get => text(StatusCode::OK, "OK\n"),
@@ -187,10 +198,113 @@ async fn metrics(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> 
     r
 }
 
+/// Builds the TLS acceptor from `[http] tls_cert_file` / `tls_key_file` (none when unset).
+pub fn tls_acceptor(
+    cfg: &crate::config::Http,
+) -> std::io::Result<Option<tokio_rustls::TlsAcceptor>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) else {
+        return Ok(None);
+    };
+    let bad = |what: &str, p: &std::path::Path, e: &dyn std::fmt::Display| {
+        std::io::Error::other(format!("{what} {}: {e}", p.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad("cannot read certificate", cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("invalid certificate", cert, &e))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| bad("cannot read private key", key, &e))?;
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| std::io::Error::other(format!("TLS certificate and key do not fit: {e}")))?;
+    Ok(Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+        config,
+    ))))
+}
+
+/// Checks HTTP basic auth against `[http] basic_auth_users` (bcrypt). A password that verified
+/// once is remembered (compared in constant time), so a scraper pays bcrypt's cost once, not
+/// on every scrape.
+#[derive(Default)]
+pub struct Auth {
+    verified: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
+}
+
+impl Auth {
+    async fn allows(
+        &self,
+        users: &std::collections::BTreeMap<String, String>,
+        req: &Request<Incoming>,
+    ) -> bool {
+        use base64::Engine as _;
+        if users.is_empty() {
+            return true;
+        }
+        let Some(cred) = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
+            .and_then(|b| String::from_utf8(b).ok())
+        else {
+            return false;
+        };
+        let Some((user, pass)) = cred.split_once(':') else {
+            return false;
+        };
+        let Some(hash) = users.get(user) else {
+            return false;
+        };
+        let cached = crate::sync::lock(&self.verified).get(user).cloned();
+        if let Some((h, p)) = cached
+            && h == *hash
+            && constant_time_eq(p.as_bytes(), pass.as_bytes())
+        {
+            return true;
+        }
+        let (pass, hash) = (pass.to_string(), hash.clone());
+        let ok = tokio::task::spawn_blocking({
+            let (pass, hash) = (pass.clone(), hash.clone());
+            move || bcrypt::verify(pass, &hash).unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            crate::sync::lock(&self.verified).insert(user.to_string(), (hash, pass));
+        }
+        ok
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn unauthorized() -> Response<Body> {
+    let mut r = text(StatusCode::UNAUTHORIZED, "authentication required\n");
+    r.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"tallyd\""),
+    );
+    r
+}
+
 /// Serves until `shutdown` turns true. `max_connections` caps concurrent connections.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<State>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     max_connections: usize,
     header_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -213,23 +327,45 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         let st = state.clone();
-        let mut stop = shutdown.clone();
+        let stop = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+            match tls {
+                None => connection(TokioIo::new(stream), st, header_timeout, stop).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => connection(TokioIo::new(s), st, header_timeout, stop).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
                 }
             }
         });
+    }
+}
+
+/// Serves one HTTP/1.1 connection until it closes or the daemon stops.
+async fn connection<IO>(
+    io: TokioIo<IO>,
+    st: Arc<State>,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(64 * 1024)
+        .serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+        }
     }
 }

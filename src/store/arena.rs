@@ -43,7 +43,8 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub(crate) fn new(epoch: u64) -> Self {
+    /// An empty shard whose writer starts at store epoch `epoch`.
+    pub fn new(epoch: u64) -> Self {
         Self {
             segs: (0..MAX_SEGS).map(|_| OnceBox::new()).collect(),
             seen_epoch: CachePadded::new(AtomicU64::new(epoch)),
@@ -52,7 +53,7 @@ impl Shard {
 
     /// The word at `offset`, allocating its segment. Only the owning writer calls this.
     #[inline]
-    pub(crate) fn word(&self, offset: u32) -> &AtomicU64 {
+    pub fn word(&self, offset: u32) -> &AtomicU64 {
         let seg = self.segs[(offset / SEG_WORDS) as usize].get_or_init(|| Box::new(new_segment()));
         let i = (offset % SEG_WORDS) as usize;
         &seg[i / LINE_WORDS][i % LINE_WORDS]
@@ -60,7 +61,7 @@ impl Shard {
 
     /// The word at `offset` if its segment exists (readers: scrape, sweep).
     #[inline]
-    pub(crate) fn peek(&self, offset: u32) -> Option<&AtomicU64> {
+    pub fn peek(&self, offset: u32) -> Option<&AtomicU64> {
         let seg = self.segs[(offset / SEG_WORDS) as usize].get()?;
         let i = (offset % SEG_WORDS) as usize;
         Some(&seg[i / LINE_WORDS][i % LINE_WORDS])
@@ -68,13 +69,13 @@ impl Shard {
 
     /// Reads word `offset`, zero if never written.
     #[inline]
-    pub(crate) fn load(&self, offset: u32) -> u64 {
+    pub fn load(&self, offset: u32) -> u64 {
         self.peek(offset).map_or(0, |w| w.load(Ordering::Relaxed))
     }
 
     /// Adds to the f64 in word `offset`. Single writer: a plain load and store, no RMW.
     #[inline]
-    pub(crate) fn add_f64(&self, offset: u32, v: f64) {
+    pub fn add_f64(&self, offset: u32, v: f64) {
         let w = self.word(offset);
         w.store(
             (f64::from_bits(w.load(Ordering::Relaxed)) + v).to_bits(),
@@ -84,7 +85,7 @@ impl Shard {
 
     /// Opens a seqlock write on the word at `seq`: readers retry until [`Shard::write_end`].
     #[inline]
-    pub(crate) fn write_begin(&self, seq: u32) -> u64 {
+    pub fn write_begin(&self, seq: u32) -> u64 {
         let w = self.word(seq);
         let s = w.load(Ordering::Relaxed);
         w.store(s.wrapping_add(1), Ordering::Relaxed);
@@ -94,13 +95,13 @@ impl Shard {
 
     /// Closes a seqlock write opened by [`Shard::write_begin`].
     #[inline]
-    pub(crate) fn write_end(&self, seq: u32, s: u64) {
+    pub fn write_end(&self, seq: u32, s: u64) {
         self.word(seq).store(s.wrapping_add(2), Ordering::Release);
     }
 
     /// Reads `out.len()` words after the seqlock word `seq` consistently (retrying while a write
     /// is in progress). Returns false if the segment was never allocated (all zero).
-    pub(crate) fn read_consistent(&self, seq: u32, out: &mut [u64]) -> bool {
+    pub fn read_consistent(&self, seq: u32, out: &mut [u64]) -> bool {
         let Some(seq_word) = self.peek(seq) else {
             out.fill(0);
             return false;
