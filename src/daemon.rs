@@ -147,6 +147,8 @@ struct Shared {
     control: mpsc::Sender<Control>,
     stop_tx: watch::Sender<bool>,
     notifier: Arc<Notifier>,
+    /// The config the daemon started with (settings that apply at start only).
+    started: Arc<Snapshot>,
 }
 
 /// A running daemon.
@@ -196,11 +198,10 @@ impl Daemon {
             control: control.clone(),
             stop_tx,
             notifier: Arc::new(Notifier::from_env()),
+            started: live.load(),
         };
-        let mut passed = opts.passed;
-        let http = match take_passed(&mut passed, |p| {
-            !p.datagram && p.addr == Some(http_cfg.listen)
-        }) {
+        let passed = opts.passed;
+        let http = match take_passed(&passed, |p| !p.datagram && p.addr == Some(http_cfg.listen)) {
             Some(p) => {
                 let l: std::net::TcpListener = p.socket.into();
                 l.set_nonblocking(true).map_err(|e| bind_err("http", e))?;
@@ -218,15 +219,19 @@ impl Daemon {
             live,
             ready,
             control,
+            auth: Default::default(),
             before_scrape: Box::new(move || {
                 for r in crate::sync::lock(&drops_listeners).values() {
                     r.read_drops();
                 }
             }),
         });
+        let tls =
+            crate::export::http::tls_acceptor(&http_cfg).map_err(|e| bind_err("http TLS", e))?;
         let http_task = tokio::spawn(crate::export::http::serve(
             http,
             state,
+            tls,
             http_cfg.max_connections,
             http_cfg.header_read_timeout,
             stop_rx,
@@ -333,16 +338,42 @@ fn bind_err(what: &str, source: std::io::Error) -> StartError {
     }
 }
 
-fn take_passed(passed: &mut Vec<Passed>, f: impl Fn(&Passed) -> bool) -> Option<Passed> {
-    let i = passed.iter().position(f)?;
-    Some(passed.remove(i))
+/// Whether `p`, a socket passed by systemd, is the one for listener `key`: same kind, same
+/// address (UDP, TCP) or path (Unix datagram).
+fn claims(key: &Key, p: &Passed) -> bool {
+    match key {
+        Key::Udp(u) => p.datagram && p.addr == Some(u.listen),
+        Key::Tcp(t) => !p.datagram && p.addr == Some(t.listen),
+        Key::Unixgram(u) => p.datagram && p.path.as_deref() == Some(u.path.as_path()),
+    }
+}
+
+/// A copy (a dup) of the first passed socket that `f` accepts. The daemon keeps every socket
+/// systemd passed for its whole life and hands out copies, so a listener that a reload changes
+/// or adds back gets the same socket again (systemd holds it: binding its address anew fails).
+fn take_passed(passed: &[Passed], f: impl Fn(&Passed) -> bool) -> Option<Passed> {
+    let p = passed.iter().find(|p| f(p))?;
+    match p.socket.try_clone() {
+        Ok(socket) => Some(Passed {
+            socket,
+            name: p.name.clone(),
+            datagram: p.datagram,
+            addr: p.addr,
+            path: p.path.clone(),
+        }),
+        Err(e) => {
+            tracing::warn!(name = %p.name, error = %e, "cannot duplicate a socket passed by systemd");
+            None
+        }
+    }
 }
 
 /// Binds and starts one listener.
 fn start_listener(key: &Key, passed: &mut Vec<Passed>, s: &Shared) -> std::io::Result<Running> {
+    let passed = take_passed(passed, |p| claims(key, p));
     match key {
         Key::Udp(u) => {
-            let sockets = match take_passed(passed, |p| p.datagram && p.addr == Some(u.listen)) {
+            let sockets = match passed {
                 Some(p) => {
                     tracing::info!(listener = %u.label(), name = %p.name, "using the UDP socket passed by systemd");
                     vec![p.socket]
@@ -352,18 +383,14 @@ fn start_listener(key: &Key, passed: &mut Vec<Passed>, s: &Shared) -> std::io::R
             ingest::start_udp(u, sockets, &s.store, &s.live, &s.telemetry)
         }
         Key::Tcp(t) => {
-            let l = match take_passed(passed, |p| !p.datagram && p.addr == Some(t.listen)) {
+            let l = match passed {
                 Some(p) => p.socket.into(),
                 None => ingest::bind_tcp(t)?,
             };
             ingest::start_tcp(t, l, &s.store, &s.live, &s.telemetry)
         }
         Key::Unixgram(u) => {
-            let inherited = take_passed(passed, |p| {
-                p.datagram && p.path.as_deref() == Some(u.path.as_path())
-            })
-            .map(|p| p.socket);
-            ingest::start_unixgram(u, inherited, &s.store, &s.live, &s.telemetry)
+            ingest::start_unixgram(u, passed.map(|p| p.socket), &s.store, &s.live, &s.telemetry)
         }
     }
 }
@@ -389,34 +416,20 @@ impl Starting {
                 }
             }
         }
-        for p in self.passed.drain(..) {
-            tracing::warn!(name = %p.name, addr = ?p.addr, "a socket passed by systemd matches no listener; closing it");
+        let keys = Key::all(&cfg.config);
+        for p in self.passed.iter().filter(|p| {
+            !keys.iter().any(|k| claims(k, p))
+                && (p.datagram || p.addr != Some(cfg.config.http.listen))
+        }) {
+            tracing::warn!(name = %p.name, addr = ?p.addr, path = ?p.path, "a socket passed by systemd matches no listener; kept unread for a later reload");
         }
         let labels: Vec<String> = started.values().map(|r| r.label.clone()).collect();
         *crate::sync::lock(&s.listeners) = started;
-        s.ready.set_ready(labels.clone());
-        s.notifier
-            .send(&format!("READY=1\nSTATUS={}", status(&s, "config loaded")));
-        tracing::info!(listeners = ?labels, "tallyd is ready");
-
-        let mut background = Vec::new();
-        // Expiry, off the hot path.
-        let store = s.store.clone();
-        let every = self.sweep_interval;
-        background.push(tokio::spawn(async move {
-            let mut iv = tokio::time::interval(every);
-            loop {
-                iv.tick().await;
-                let st = store.clone();
-                let _ = tokio::task::spawn_blocking(move || st.sweep()).await;
-            }
-        }));
-        if self.opts_signals {
-            background.push(tokio::spawn(signals(s.control.clone(), s.stop_tx.clone())));
-        }
-        if let Some(t) = watchdog(&s) {
-            background.push(t);
-        }
+        // Signal handlers and the file watcher go in before READY=1: systemd may send SIGHUP
+        // (`systemctl reload`) as soon as it sees READY, and an unhandled SIGHUP kills.
+        let signal_task = self
+            .opts_signals
+            .then(|| signals(s.control.clone(), s.stop_tx.clone()));
         let watcher = match (self.opts_watch, s.live.path()) {
             (true, Some(path)) => {
                 let tx = s.control.clone();
@@ -435,6 +448,29 @@ impl Starting {
             }
             _ => None,
         };
+        s.ready.set_ready(labels.clone());
+        s.notifier
+            .send(&format!("READY=1\nSTATUS={}", status(&s, "config loaded")));
+        tracing::info!(listeners = ?labels, "tallyd is ready");
+
+        let mut background = Vec::new();
+        // Expiry, off the hot path.
+        let store = s.store.clone();
+        let every = self.sweep_interval;
+        background.push(tokio::spawn(async move {
+            let mut iv = tokio::time::interval(every);
+            loop {
+                iv.tick().await;
+                let st = store.clone();
+                let _ = tokio::task::spawn_blocking(move || st.sweep()).await;
+            }
+        }));
+        if let Some(t) = signal_task {
+            background.push(tokio::spawn(t));
+        }
+        if let Some(t) = watchdog(&s) {
+            background.push(t);
+        }
         let control_task = tokio::spawn(control_loop(self.control_rx, s.clone(), self.passed));
         Ok(Daemon {
             http_addr: self.http_addr,
@@ -455,14 +491,33 @@ fn status(s: &Shared, last: &str) -> String {
     )
 }
 
-/// SIGHUP reloads; SIGTERM and SIGINT stop.
-async fn signals(control: mpsc::Sender<Control>, stop: watch::Sender<bool>) {
+/// SIGHUP reloads; SIGTERM and SIGINT stop. The handlers are installed by this call (so a
+/// signal that arrives before the returned task first runs is kept, not fatal).
+fn signals(
+    control: mpsc::Sender<Control>,
+    stop: watch::Sender<bool>,
+) -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
+    );
+    async move { serve_signals(handlers, control, stop).await }
+}
+
+type Handlers = (
+    std::io::Result<tokio::signal::unix::Signal>,
+    std::io::Result<tokio::signal::unix::Signal>,
+    std::io::Result<tokio::signal::unix::Signal>,
+);
+
+async fn serve_signals(
+    handlers: Handlers,
+    control: mpsc::Sender<Control>,
+    stop: watch::Sender<bool>,
+) {
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = handlers else {
         tracing::error!("cannot install signal handlers");
         return;
     };
@@ -480,23 +535,43 @@ async fn signals(control: mpsc::Sender<Control>, stop: watch::Sender<bool>) {
 }
 
 /// Pings the systemd watchdog at half its interval while the ingest workers make progress.
+///
+/// A worker goes round its loop at least every [`ingest::IDLE_TICK`], but with a short
+/// `WatchdogSec` one slightly long idle round can fall between two checks; so a worker counts
+/// as stuck only once it has made no round for three ticks. The ping stops then, and systemd's
+/// watchdog fires one interval later.
 fn watchdog(s: &Shared) -> Option<tokio::task::JoinHandle<()>> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    // sd_watchdog_enabled(3): the variables may be meant for another process.
+    if let Some(pid) = std::env::var("WATCHDOG_PID").ok()
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
     if !s.notifier.enabled() || usec == 0 {
         return None;
     }
     let s = s.clone();
+    let grace = ingest::IDLE_TICK * 3;
     Some(tokio::spawn(async move {
         let mut iv = tokio::time::interval(Duration::from_micros(usec / 2));
+        let mut progress = std::time::Instant::now();
+        let mut withheld = false;
         loop {
             iv.tick().await;
+            // Ask every listener (no short-circuit: each call also moves its reference point).
             let alive = crate::sync::lock(&s.listeners)
                 .values()
-                .all(Running::is_alive);
+                .fold(true, |ok, r| r.is_alive() & ok);
             if alive {
+                progress = std::time::Instant::now();
+            }
+            if progress.elapsed() <= grace {
                 s.notifier.send("WATCHDOG=1");
-            } else {
+                withheld = false;
+            } else if !withheld {
                 tracing::error!("an ingest worker is stuck; withholding the watchdog ping");
+                withheld = true;
             }
         }
     }))
@@ -587,14 +662,12 @@ async fn reload(
                 tracing::warn!("config: {w}");
             }
             let mut msg = String::from("config reloaded");
+            let mut failed = false;
             if r.listeners_changed {
                 match apply_listeners(s, passed).await {
-                    Ok(()) => {
-                        s.telemetry.restart_required.set(0);
-                        msg.push_str("; listeners updated");
-                    }
+                    Ok(()) => msg.push_str("; listeners updated"),
                     Err(e) => {
-                        s.telemetry.restart_required.set(1);
+                        failed = true;
                         tracing::error!(error = %e, "listener change failed; the old listeners keep running");
                         msg.push_str(&format!(
                             "; listener change failed ({e}), old listeners kept"
@@ -602,6 +675,15 @@ async fn reload(
                     }
                 }
             }
+            // [http] address, TLS and limits apply at start only.
+            let http_pending = s.started.config.http_differs(&s.live.load().config);
+            if http_pending {
+                tracing::warn!("[http] listen/TLS/limit changes take effect at the next restart");
+                msg.push_str("; [http] changes need a restart");
+            }
+            s.telemetry
+                .restart_required
+                .set(i64::from(failed || http_pending));
             tracing::info!("{msg}");
             Ok(msg)
         }
