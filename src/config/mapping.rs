@@ -58,6 +58,49 @@ pub struct MappingRule {
     /// a mapped timer with `scale` gets exactly `value * scale`).
     #[serde(default)]
     pub scale: Option<f64>,
+    /// For observers: `histogram` (default) or `summary`.
+    #[serde(default)]
+    pub observer: Option<ObserverKind>,
+    /// Summary quantiles, each in (0, 1). Default `[0.5, 0.9, 0.99]`.
+    #[serde(default, deserialize_with = "opt_quantiles")]
+    pub quantiles: Option<Vec<f64>>,
+    /// Summary window: quantiles cover the observations of between half of it and all of it.
+    /// Default `"10m"`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub window: Option<Duration>,
+}
+
+/// What an observer sample (`ms`, `h`, `d`) feeds.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ObserverKind {
+    /// Buckets (mergeable exactly, the default).
+    Histogram,
+    /// Quantiles from a relative-error sketch (see [`crate::store`]).
+    Summary,
+}
+
+/// A summary's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummarySpec {
+    /// Quantiles to export.
+    pub quantiles: Arc<[f64]>,
+    /// Sliding window.
+    pub window: Duration,
+}
+
+fn opt_quantiles<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f64>>, D::Error> {
+    let q = Vec::<f64>::deserialize(d)?;
+    if q.is_empty()
+        || q.len() > 16
+        || q.iter().any(|v| !(*v > 0.0 && *v < 1.0))
+        || q.windows(2).any(|w| w[0] >= w[1])
+    {
+        return Err(serde::de::Error::custom(
+            "quantiles: 1 to 16 increasing numbers, each strictly between 0 and 1",
+        ));
+    }
+    Ok(Some(q))
 }
 
 /// The `type` filter of a rule.
@@ -116,6 +159,7 @@ struct Rule {
     buckets: Option<Arc<[f64]>>,
     help: Option<Arc<str>>,
     scale: Option<f64>,
+    summary: Option<SummarySpec>,
 }
 
 /// The compiled rules of one config.
@@ -151,6 +195,8 @@ pub enum Mapped {
         help: Option<Arc<str>>,
         /// Value factor.
         scale: Option<f64>,
+        /// Observers become a summary.
+        summary: Option<SummarySpec>,
     },
 }
 
@@ -325,6 +371,22 @@ impl Mapper {
                     labels.push((k.clone(), v.clone()));
                 }
             }
+            if r.observer != Some(ObserverKind::Summary)
+                && (r.quantiles.is_some() || r.window.is_some())
+            {
+                return Err(err(
+                    span,
+                    key,
+                    "`quantiles` and `window` apply only with observer = \"summary\"".into(),
+                ));
+            }
+            if r.window.is_some_and(|w| w < Duration::from_secs(2)) {
+                return Err(err(
+                    span,
+                    key,
+                    "a summary window must be at least 2s".into(),
+                ));
+            }
             if let Some(s) = r.scale
                 && !(s.is_finite() && s != 0.0)
             {
@@ -382,6 +444,10 @@ impl Mapper {
                 buckets: r.buckets.as_ref().map(|b| Arc::from(b.as_slice())),
                 help: r.help.as_deref().map(Arc::from),
                 scale: r.scale,
+                summary: (r.observer == Some(ObserverKind::Summary)).then(|| SummarySpec {
+                    quantiles: Arc::from(r.quantiles.as_deref().unwrap_or(&[0.5, 0.9, 0.99])),
+                    window: r.window.unwrap_or(Duration::from_secs(600)),
+                }),
             });
         }
         let set = if sources.is_empty() {
@@ -446,6 +512,7 @@ impl Mapper {
             buckets: rule.buckets.clone(),
             help: rule.help.clone(),
             scale: rule.scale,
+            summary: rule.summary.clone(),
         }
     }
 }

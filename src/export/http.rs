@@ -63,6 +63,9 @@ pub struct State {
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// How long a scrape may leave a chunk of its response unread before it is cut off.
+pub const RESPONSE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = status;
@@ -163,7 +166,13 @@ async fn metrics(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> 
                 flate2::Compression::fast(),
             )
         });
-        let mut send = |bytes: Bytes| rt.block_on(tx.send_data(bytes)).is_ok();
+        // A client that stops reading gets cut off instead of pinning this thread forever.
+        let mut send = |bytes: Bytes| {
+            rt.block_on(async {
+                tokio::time::timeout(RESPONSE_STALL_TIMEOUT, tx.send_data(bytes)).await
+            })
+            .is_ok_and(|r| r.is_ok())
+        };
         let mut ok = true;
         super::render_chunks(&st.store, &st.telemetry, window, |chunk| {
             ok = match gz.as_mut() {

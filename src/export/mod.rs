@@ -79,6 +79,7 @@ impl Visitor for TextVisitor<'_> {
             FamilyKind::Counter => "counter",
             FamilyKind::Gauge | FamilyKind::Set => "gauge",
             FamilyKind::Histogram => "histogram",
+            FamilyKind::Summary => "summary",
         };
         let out = &mut *self.out;
         out.push_str("# HELP ");
@@ -124,6 +125,21 @@ impl Visitor for TextVisitor<'_> {
                     self.sample("_bucket", labels, Some(("le", &le)), cum);
                 }
                 self.sample("_bucket", labels, Some(("le", "+Inf")), count);
+                self.sample("_sum", labels, None, sum);
+                self.sample("_count", labels, None, count);
+            }
+            Values::Summary {
+                quantiles,
+                values,
+                count,
+                sum,
+            } => {
+                let mut q = String::new();
+                for (quantile, v) in quantiles.iter().zip(values) {
+                    q.clear();
+                    fmt_value(&mut q, *quantile);
+                    self.sample("", labels, Some(("quantile", &q)), *v);
+                }
                 self.sample("_sum", labels, None, sum);
                 self.sample("_count", labels, None, count);
             }

@@ -45,6 +45,7 @@
 
 pub mod arena;
 pub mod names;
+pub mod sketch;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -57,7 +58,11 @@ use names::{TagError, TagErrors};
 use crate::config::live::{Live, Snapshot};
 use crate::config::mapping::Mapped;
 use crate::parse::{self, LineInfo, MetricType, ParseError, Parsed, Sample, Special};
-use crate::sync::{Arc, AtomicU64, Mutex, Ordering, lock};
+// Immutable shared data (names, bounds, the store handle) uses std's `Arc`; what the loom
+// models must track (shards, the config snapshot) goes through the `crate::sync` facade.
+use std::sync::Arc;
+
+use crate::sync::{self, AtomicU64, Mutex, Ordering, lock};
 
 /// HyperLogLog precision of sets: 2^10 registers, standard error 1.04/sqrt(1024) = 3.25%.
 const HLL_P: u32 = 10;
@@ -113,6 +118,8 @@ pub enum Layout {
     Histogram(u8),
     /// `[seq, half_a_index, half_b_index, stamp, registers_a, registers_b]`.
     Set,
+    /// `[seq, stamp, count, sum, ...]`: see [`sketch`]. Carries its half-window in ms.
+    Summary(u32),
 }
 
 impl Layout {
@@ -123,6 +130,7 @@ impl Layout {
             Self::Gauge => 4,
             Self::Histogram(n) => 4 + u32::from(n),
             Self::Set => 4 + 2 * HLL_WORDS,
+            Self::Summary(_) => sketch::WORDS,
         }
     }
 
@@ -131,6 +139,7 @@ impl Layout {
         match self {
             Self::Counter => 1,
             Self::Gauge | Self::Set => 3,
+            Self::Summary(_) => 1,
             Self::Histogram(n) => 3 + u32::from(n),
         }
     }
@@ -147,6 +156,8 @@ pub enum FamilyKind {
     Histogram,
     /// A set's distinct-member estimate, exported as a `gauge`.
     Set,
+    /// `summary`: quantiles from a sketch (opt-in per mapping rule).
+    Summary,
 }
 
 /// Why a sample was not aggregated after it parsed.
@@ -270,7 +281,10 @@ impl SeriesMeta {
 struct Family {
     kind: FamilyKind,
     help: Option<Arc<str>>,
+    /// Histogram bounds, or a summary's quantiles.
     buckets: Option<Arc<[f64]>>,
+    /// A summary's window.
+    window: Duration,
     series: Vec<u32>,
 }
 
@@ -283,6 +297,7 @@ struct NewSeries<'a> {
     ttl: Duration,
     help: Option<Arc<str>>,
     buckets: Option<Arc<[f64]>>,
+    window: Duration,
     limits: &'a crate::config::Limits,
 }
 
@@ -302,7 +317,7 @@ struct Registry {
 /// The store: registry, shards, epoch and clock.
 pub struct Store {
     registry: Mutex<Registry>,
-    shards: Mutex<Vec<Arc<Shard>>>,
+    shards: Mutex<Vec<sync::Arc<Shard>>>,
     epoch: AtomicU64,
     hasher: ahash::RandomState,
     clock: std::sync::Arc<dyn Clock>,
@@ -326,6 +341,17 @@ pub enum Values<'a> {
         /// Weight per finite bucket (not cumulative).
         buckets: &'a [f64],
         /// Total weight (the `+Inf` bucket and `_count`).
+        count: f64,
+        /// Sum of weighted values.
+        sum: f64,
+    },
+    /// A summary: quantile values over its window, cumulative count and sum.
+    Summary {
+        /// The quantiles asked for.
+        quantiles: &'a [f64],
+        /// Their values (NaN when the window holds no observation).
+        values: &'a [f64],
+        /// Total weight.
         count: f64,
         /// Sum of weighted values.
         sum: f64,
@@ -367,8 +393,8 @@ impl Store {
     }
 
     /// A new writer with its own shard. One per ingest thread; never shared.
-    pub fn writer(self: &Arc<Self>, live: Arc<Live>) -> Writer {
-        let shard = Arc::new(Shard::new(self.epoch.load(Ordering::Acquire)));
+    pub fn writer(self: &Arc<Self>, live: sync::Arc<Live>) -> Writer {
+        let shard = sync::Arc::new(Shard::new(self.epoch.load(Ordering::Acquire)));
         lock(&self.shards).push(shard.clone());
         let snap = live.load();
         let mut w = Writer {
@@ -407,13 +433,7 @@ impl Store {
 
     fn is_reserved(&self, family: &str, kind: FamilyKind) -> bool {
         let hit = |n: &str| n.starts_with("tallyd_") || self.reserved.iter().any(|r| r == n);
-        if hit(family) {
-            return true;
-        }
-        kind == FamilyKind::Histogram
-            && ["_bucket", "_sum", "_count"]
-                .iter()
-                .any(|s| hit(&format!("{family}{s}")))
+        hit(family) || kind.suffixes().iter().any(|s| hit(&format!("{family}{s}")))
     }
 
     /// Finds or creates the series; returns its offset.
@@ -490,6 +510,7 @@ impl Store {
             kind: n.kind,
             help: n.help.clone(),
             buckets: n.buckets.clone(),
+            window: n.window,
             series: Vec::new(),
         });
         let meta = SeriesMeta {
@@ -520,11 +541,11 @@ impl Store {
         Ok(offset)
     }
 
-    fn shards(&self) -> Vec<Arc<Shard>> {
+    fn shards(&self) -> Vec<sync::Arc<Shard>> {
         lock(&self.shards).clone()
     }
 
-    fn last_seen(shards: &[Arc<Shard>], meta: &SeriesMeta) -> u64 {
+    fn last_seen(shards: &[sync::Arc<Shard>], meta: &SeriesMeta) -> u64 {
         let at = meta.offset + meta.layout.stamp();
         shards.iter().map(|s| s.load(at)).max().unwrap_or(0)
     }
@@ -593,7 +614,7 @@ impl Store {
         reclaimed
     }
 
-    fn reclaim(&self, reg: &mut Registry, shards: &[Arc<Shard>], id: u32) {
+    fn reclaim(&self, reg: &mut Registry, shards: &[sync::Arc<Shard>], id: u32) {
         let meta = &mut reg.series[id as usize];
         for s in shards {
             s.zero(meta.offset, meta.layout.words());
@@ -644,7 +665,8 @@ impl Store {
     ) -> bool {
         use std::ops::Bound;
         let shards = self.shards();
-        let half = half_window_index(self.clock.now(), set_window);
+        let now = self.clock.now();
+        let half = half_window_index(now, set_window);
         let reg = lock(&self.registry);
         let mut words = Vec::new();
         let mut buckets = Vec::new();
@@ -675,14 +697,7 @@ impl Store {
                     v.family(name, fam.kind, fam.help.as_deref());
                     header = true;
                 }
-                let values = read_series(
-                    &shards,
-                    meta,
-                    fam.buckets.as_deref(),
-                    half,
-                    &mut words,
-                    &mut buckets,
-                );
+                let values = read_series(&shards, meta, fam, now, half, &mut words, &mut buckets);
                 v.series(meta.labels(), values);
                 left -= 1;
             }
@@ -699,19 +714,35 @@ pub struct Cursor {
     next: usize,
 }
 
-/// True if creating family `name` of `kind` would collide with histogram suffixes.
+/// True if creating family `name` of `kind` would collide with histogram suffixes: a new
+/// histogram whose `_bucket`/`_sum`/`_count` names exist already, or a new family of any kind
+/// (histograms included: `x_sum` as a histogram after the histogram `x`) whose name is one of
+/// an existing histogram's suffixed names. Either would make the text parser attach one
+/// family's samples or `# TYPE` line to the other, and the whole scrape would fail.
 fn collides(families: &BTreeMap<Arc<str>, Family>, name: &str, kind: FamilyKind) -> bool {
-    const SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
-    if kind == FamilyKind::Histogram {
-        return SUFFIXES
-            .iter()
-            .any(|s| families.contains_key(format!("{name}{s}").as_str()));
+    if kind
+        .suffixes()
+        .iter()
+        .any(|s| families.contains_key(format!("{name}{s}").as_str()))
+    {
+        return true;
     }
-    SUFFIXES.iter().any(|s| {
+    ["_bucket", "_sum", "_count"].iter().any(|s| {
         name.strip_suffix(s)
             .and_then(|stem| families.get(stem))
-            .is_some_and(|f| f.kind == FamilyKind::Histogram)
+            .is_some_and(|f| f.kind.suffixes().contains(s))
     })
+}
+
+impl FamilyKind {
+    /// The sample-name suffixes a family of this kind writes besides its own name.
+    fn suffixes(self) -> &'static [&'static str] {
+        match self {
+            Self::Histogram => &["_bucket", "_sum", "_count"],
+            Self::Summary => &["_sum", "_count"],
+            _ => &[],
+        }
+    }
 }
 
 fn log_limit(last: &mut Option<std::time::Instant>, family: &str, limit: &str) {
@@ -732,9 +763,10 @@ fn half_window_index(now: Duration, window: Duration) -> u64 {
 }
 
 fn read_series<'a>(
-    shards: &[Arc<Shard>],
+    shards: &[sync::Arc<Shard>],
     meta: &SeriesMeta,
-    bounds: Option<&'a [f64]>,
+    fam: &'a Family,
+    now: Duration,
     half: u64,
     words: &mut Vec<u64>,
     buckets: &'a mut Vec<f64>,
@@ -772,10 +804,28 @@ fn read_series<'a>(
                 }
             }
             Values::Histogram {
-                bounds: bounds.unwrap_or(&[]),
+                bounds: fam.buckets.as_deref().unwrap_or(&[]),
                 buckets,
                 count,
                 sum,
+            }
+        }
+        Layout::Summary(_) => {
+            let quantiles = fam.buckets.as_deref().unwrap_or(&[]);
+            let m = sketch::merge(
+                shards,
+                o,
+                half_window_index(now, fam.window),
+                quantiles,
+                words,
+            );
+            buckets.clear();
+            buckets.extend(m.quantiles);
+            Values::Summary {
+                quantiles,
+                values: buckets,
+                count: m.count,
+                sum: m.sum,
             }
         }
         Layout::Set => {
@@ -851,9 +901,9 @@ struct Batch {
 /// the shard single-writer.
 pub struct Writer {
     store: Arc<Store>,
-    shard: Arc<Shard>,
-    live: Arc<Live>,
-    snap: Arc<Snapshot>,
+    shard: sync::Arc<Shard>,
+    live: sync::Arc<Live>,
+    snap: sync::Arc<Snapshot>,
     cache: HashMap<Box<[u8]>, Entry, ahash::RandomState>,
     key: Vec<u8>,
     epoch: u64,
@@ -972,6 +1022,12 @@ fn apply(
             }
             shard.write_end(o, seq);
         }
+        Layout::Summary(half_ms) => {
+            let half = batch.time_nanos / (u64::from(half_ms.max(1)) * 1_000_000) + 1;
+            let seq = shard.write_begin(o);
+            sketch::observe(shard, o, half, s.value * scale, 1.0 / s.rate);
+            shard.write_end(o, seq);
+        }
         Layout::Set => {
             let h = SET_HASHER.hash_one(s.member.as_bytes());
             let reg = (h >> (64 - HLL_P)) as u32;
@@ -1036,7 +1092,7 @@ impl Writer {
     }
 
     /// The config snapshot this writer currently uses.
-    pub fn snapshot(&self) -> &Arc<Snapshot> {
+    pub fn snapshot(&self) -> &sync::Arc<Snapshot> {
         &self.snap
     }
 
@@ -1163,7 +1219,7 @@ impl Writer {
             };
             Arc::from(b.as_slice())
         };
-        let (name, ttl, buckets, help, scale) = match snap.mapper.map(&base, s.kind) {
+        let (name, ttl, buckets, help, scale, summary) = match snap.mapper.map(&base, s.kind) {
             Mapped::Unmapped => {
                 self.stats.unmapped += 1;
                 (
@@ -1172,6 +1228,7 @@ impl Writer {
                     None,
                     None,
                     default_scale,
+                    None,
                 )
             }
             Mapped::Drop { rule } => return refused(Refusal::MappingDrop, rule),
@@ -1182,6 +1239,7 @@ impl Writer {
                 buckets,
                 help,
                 scale,
+                summary,
                 ..
             } => {
                 if name.is_empty() {
@@ -1194,6 +1252,7 @@ impl Writer {
                     buckets,
                     help,
                     scale.unwrap_or(default_scale),
+                    summary,
                 )
             }
         };
@@ -1208,16 +1267,28 @@ impl Writer {
             }
             MetricType::Gauge => (name, FamilyKind::Gauge, Layout::Gauge),
             MetricType::Set => (name, FamilyKind::Set, Layout::Set),
-            _ => (name, FamilyKind::Histogram, Layout::Histogram(0)),
+            _ => match &summary {
+                Some(sm) => {
+                    let half_ms = u32::try_from((sm.window / 2).as_millis()).unwrap_or(u32::MAX);
+                    (name, FamilyKind::Summary, Layout::Summary(half_ms))
+                }
+                None => (name, FamilyKind::Histogram, Layout::Histogram(0)),
+            },
         };
         let labels = names::render_labels(tags, observer, &mut errors);
-        let buckets = observer.then(|| buckets.unwrap_or_else(default_buckets));
+        let (buckets, window) = match &summary {
+            Some(sm) if observer => (Some(sm.quantiles.clone()), sm.window),
+            _ => (
+                observer.then(|| buckets.unwrap_or_else(default_buckets)),
+                Duration::ZERO,
+            ),
+        };
         let layout = match (layout, &buckets) {
             (Layout::Histogram(_), Some(b)) => Layout::Histogram(b.len() as u8),
             (l, _) => l,
         };
         self.create(
-            &family, kind, &labels, layout, ttl, help, buckets, scale, errors,
+            &family, kind, &labels, layout, ttl, help, buckets, window, scale, errors,
         )
     }
 
@@ -1231,6 +1302,7 @@ impl Writer {
         ttl: Duration,
         help: Option<Arc<str>>,
         buckets: Option<Arc<[f64]>>,
+        window: Duration,
         scale: f64,
         tag_errors: TagErrors,
     ) -> Entry {
@@ -1242,6 +1314,7 @@ impl Writer {
             ttl,
             help,
             buckets: buckets.clone(),
+            window,
             limits: &self.snap.config.limits,
         });
         match r {
@@ -1326,7 +1399,18 @@ impl Writer {
             );
             let labels = names::render_labels(labels, false, &mut errors);
             let ttl = w.snap.config.defaults.ttl;
-            w.create(family, fk, &labels, layout, ttl, None, None, 1.0, errors)
+            w.create(
+                family,
+                fk,
+                &labels,
+                layout,
+                ttl,
+                None,
+                None,
+                Duration::ZERO,
+                1.0,
+                errors,
+            )
         });
     }
 }
