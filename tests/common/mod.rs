@@ -108,15 +108,9 @@ pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String)
     (status, head.to_string(), body.to_string())
 }
 
-/// `GET /metrics` (off the async runtime's threads).
+/// `GET /metrics` (off the async runtime's threads), decoded: see [`scrape_text`].
 pub async fn scrape(addr: SocketAddr) -> String {
-    tokio::task::spawn_blocking(move || {
-        let (status, _, body) = http(addr, "GET", "/metrics");
-        assert_eq!(status, 200, "scrape status; body:\n{body}");
-        body
-    })
-    .await
-    .expect("scrape task")
+    scrape_text(addr).await
 }
 
 /// The value of the series written exactly as `series` (e.g. `foo_total{env="prod"}`).
@@ -192,5 +186,258 @@ pub fn wait_http(addr: SocketAddr, path: &str, status: u16) {
         }
         assert!(start.elapsed() < DEADLINE, "{path} never answered {status}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The StatsD part of a scrape: everything before tallyd's own families (the first line that
+/// starts `# HELP process_` or `# HELP tallyd_`; they are rendered after the StatsD families).
+pub fn statsd_section(text: &str) -> &str {
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if line.starts_with("# HELP process_") || line.starts_with("# HELP tallyd_") {
+            return &text[..at];
+        }
+        at += line.len();
+    }
+    text
+}
+
+/// The sample lines (no `#` lines) of the StatsD part of a scrape, in exposition order.
+pub fn statsd_samples(text: &str) -> Vec<&str> {
+    statsd_section(text)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect()
+}
+
+/// Every series of `family` (`family` or `family{...}`) with a non-zero value, in order.
+pub fn nonzero<'a>(text: &'a str, family: &str) -> Vec<(&'a str, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            let name = k.split('{').next()?;
+            let v: f64 = v.parse().ok()?;
+            (name == family && v != 0.0).then_some((k, v))
+        })
+        .collect()
+}
+
+/// The sum of every series of `family` (0 when there is none).
+pub fn family_sum(text: &str, family: &str) -> f64 {
+    nonzero(text, family).iter().map(|(_, v)| v).sum()
+}
+
+/// Writes `payload` to a new TCP connection to `to`, then closes it (EOF).
+pub fn send_tcp(to: SocketAddr, payload: &[u8]) {
+    let mut s = TcpStream::connect(to).expect("connect tcp");
+    s.write_all(payload).expect("write tcp");
+    s.shutdown(std::net::Shutdown::Write).ok();
+}
+
+/// Removes the HTTP/1.1 chunked transfer coding from a response body (`/metrics` streams its
+/// exposition in chunks; [`http`] and [`scrape`] return the body as it came off the wire).
+pub fn dechunk(body: &str) -> String {
+    let mut raw = body.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&raw[..eol]);
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .unwrap_or_else(|e| panic!("bad chunk size {size_text:?}: {e}"));
+        raw = &raw[eol + 2..];
+        if size == 0 {
+            return String::from_utf8(out).expect("the exposition is UTF-8");
+        }
+        assert!(raw.len() >= size, "truncated chunk");
+        out.extend_from_slice(&raw[..size]);
+        raw = raw[size..]
+            .strip_prefix(b"\r\n")
+            .expect("chunk ends in CRLF");
+    }
+    panic!("chunked body without its last (0) chunk: {body:?}");
+}
+
+/// `GET /metrics` as a Prometheus server reads it: status 200 asserted, the chunked transfer
+/// coding (if any) removed, so the text can be compared byte for byte.
+pub async fn scrape_text(addr: SocketAddr) -> String {
+    tokio::task::spawn_blocking(move || {
+        let (status, head, body) = http(addr, "GET", "/metrics");
+        assert_eq!(status, 200, "scrape status; body:\n{body}");
+        let text = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(&body)
+        } else {
+            body.clone()
+        };
+        // tallyd's own metrics are always there: an empty exposition is a broken response.
+        assert!(
+            text.contains("# TYPE tallyd_build_info"),
+            "incomplete exposition; raw response:\n{head}\r\n\r\n{body:?}"
+        );
+        text
+    })
+    .await
+    .expect("scrape task")
+}
+
+/// The config of a spawned binary: fixed free ports (it must be told them) plus `extra`.
+pub fn binary_config(http: u16, udp: u16, extra: &str) -> String {
+    format!(
+        "[http]\nlisten = \"127.0.0.1:{http}\"\n\n[[udp]]\nlisten = \"127.0.0.1:{udp}\"\nworkers = 1\nrecv_buffer = \"1MiB\"\n\n{extra}\n"
+    )
+}
+
+/// The built binary running as a child process; killed on drop if still running.
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub http: SocketAddr,
+    pub udp: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl Spawned {
+    /// Writes [`binary_config`] on two free ports to `<tmp>/tallyd.toml`, starts
+    /// `tallyd --config <it>` (stderr to `<tmp>/tallyd.log`) and waits for `/-/ready` 200.
+    pub fn start(extra: &str) -> Self {
+        let (h, u) = (free_port(), free_port());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("tallyd.toml");
+        std::fs::write(&config_path, binary_config(h, u, extra)).expect("write config");
+        let log_path = dir.path().join("tallyd.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = std::process::Command::new(binary())
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tallyd");
+        let s = Self {
+            child,
+            http: SocketAddr::from(([127, 0, 0, 1], h)),
+            udp: SocketAddr::from(([127, 0, 0, 1], u)),
+            dir,
+            config_path,
+            log_path,
+        };
+        s.wait_ready();
+        s
+    }
+
+    /// Waits for `/-/ready` 200, failing early (with the log) if the process exited.
+    pub fn wait_ready(&self) {
+        let start = Instant::now();
+        loop {
+            if let Ok(mut st) = TcpStream::connect(self.http) {
+                st.set_read_timeout(Some(Duration::from_secs(2))).ok();
+                let _ = write!(
+                    st,
+                    "GET /-/ready HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                );
+                let mut raw = Vec::new();
+                let _ = st.read_to_end(&mut raw);
+                if String::from_utf8_lossy(&raw).split_whitespace().nth(1) == Some("200") {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "tallyd never became ready; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `sig` (e.g. `libc::SIGHUP`) to the child.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits up to `limit` for the child to exit; panics (with the log) if it does not.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "tallyd did not exit within {limit:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The child's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Replaces the config file atomically (write a temp file, rename over).
+    pub fn rewrite_config(&self, text: &str) {
+        let tmp = self.dir.path().join(".tallyd.toml.swp");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, &self.config_path).expect("rename");
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A thread sending `line` as one datagram after another until stopped; `stop()` returns how
+/// many it sent. Used to prove that nothing is lost while something else happens.
+pub struct Sender {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Sender {
+    /// Starts sending `line` to `to` from one socket, with a short pause after each datagram.
+    pub fn start(to: SocketAddr, line: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let line = line.as_bytes().to_vec();
+        let thread = std::thread::spawn(move || {
+            let s = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+            s.connect(to).expect("connect sender");
+            let mut sent = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                s.send(&line).expect("send");
+                sent += 1;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            sent
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the thread and returns the number of datagrams sent.
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().expect("running").join().expect("sender")
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
