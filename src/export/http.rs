@@ -142,6 +142,28 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     })
 }
 
+/// The streamed `/metrics` body: the render thread's chunks, in order. It ends only once the
+/// render thread has dropped its sender *and* every chunk it sent has been read (tokio's
+/// `mpsc::Receiver::poll_recv` guarantees both). `http_body_util::channel::Channel` does not:
+/// it polls its frame queue, then its error oneshot, and if the sender sends its last chunks
+/// and is dropped between those two polls it ends the body with the chunks still queued, so a
+/// scrape came back 200 with an empty or truncated exposition.
+struct ChunkBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChunkBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
 async fn metrics(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
     let gzip = req
         .headers()
@@ -154,7 +176,8 @@ async fn metrics(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> 
     // The body streams from a blocking thread through a small channel: the scrape's memory is
     // a few chunks, and a slow client stalls only its own render (the registry lock is held
     // for one chunk at a time, never while waiting for the client).
-    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(2);
+    let (tx, rx) = mpsc::channel::<Bytes>(2);
+    let body = ChunkBody(rx);
     let st = state.clone();
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
@@ -167,9 +190,9 @@ async fn metrics(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> 
             )
         });
         // A client that stops reading gets cut off instead of pinning this thread forever.
-        let mut send = |bytes: Bytes| {
+        let send = |bytes: Bytes| {
             rt.block_on(async {
-                tokio::time::timeout(RESPONSE_STALL_TIMEOUT, tx.send_data(bytes)).await
+                tokio::time::timeout(RESPONSE_STALL_TIMEOUT, tx.send(bytes)).await
             })
             .is_ok_and(|r| r.is_ok())
         };

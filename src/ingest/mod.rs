@@ -326,9 +326,13 @@ impl DatagramWorker {
         loop {
             self.beat.fetch_add(1, Ordering::Relaxed);
             let stopping = self.stop.load(Ordering::Acquire);
-            self.writer.begin_batch();
             // Once stopping, drain what the socket holds without blocking, then exit.
-            match self.bufs.recv(fd, stopping) {
+            let received = self.bufs.recv(fd, stopping);
+            // After the wait, not before it: a datagram that arrives after a config swap (the
+            // wait can last IDLE_TICK) must be parsed with the new config, and the batch's
+            // clock reading is the time the datagrams were read.
+            self.writer.begin_batch();
+            match received {
                 Ok(n) => {
                     for i in 0..n {
                         let (d, cut) = self.bufs.datagram(i);

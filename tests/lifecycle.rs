@@ -1,0 +1,264 @@
+//! The daemon's life: readiness before and after the listeners are bound (through the library's
+//! two-step start), SIGTERM on the built binary, `check-config`, `--version`, `--help`, and the
+//! binary on its embedded defaults (only when 127.0.0.1:8125 and :9102 are free).
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use tallyd::daemon::{Daemon, Options};
+
+async fn get(addr: SocketAddr, path: &'static str) -> u16 {
+    tokio::task::spawn_blocking(move || http(addr, "GET", path).0)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_once_listeners_are_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tallyd.toml");
+    std::fs::write(&path, config_text(1, "")).unwrap();
+    let mut opts = Options::new(Some(path));
+    opts.watch = false;
+    let starting = Daemon::start_http(opts).await.expect("http starts");
+    let addr = starting.http_addr;
+    assert_eq!(get(addr, "/-/ready").await, 503, "not ready before bind");
+    assert_eq!(get(addr, "/-/healthy").await, 200, "healthy while starting");
+    assert_eq!(get(addr, "/metrics").await, 200, "scrapable while starting");
+    // Still not ready a moment later: nothing but bind_listeners makes it ready.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(get(addr, "/-/ready").await, 503);
+
+    let d = starting.bind_listeners().await.expect("listeners bind");
+    assert_eq!(d.http_addr, addr);
+    assert_eq!(get(addr, "/-/ready").await, 200);
+    send(d.udp_addrs()[0], b"up:1|c");
+    wait_for(addr, &[("up_total", 1.0)]).await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_cannot_bind_fails_the_start() {
+    // Something else holds the TCP port: bind_listeners fails and the daemon never turns ready.
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tallyd.toml");
+    std::fs::write(
+        &path,
+        config_text(1, &format!("[[tcp]]\nlisten = \"127.0.0.1:{port}\"\n")),
+    )
+    .unwrap();
+    let mut opts = Options::new(Some(path));
+    opts.watch = false;
+    let starting = Daemon::start_http(opts).await.expect("http starts");
+    let addr = starting.http_addr;
+    assert_eq!(get(addr, "/-/ready").await, 503);
+    let err = match starting.bind_listeners().await {
+        Ok(_) => panic!("bind must fail while the port is held"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("cannot bind"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_zero_within_five_seconds() {
+    let mut d = tokio::task::spawn_blocking(|| Spawned::start(""))
+        .await
+        .unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..100 {
+        sock.send_to(format!("term:1|c\nterm.g:{i}|g").as_bytes(), d.udp)
+            .unwrap();
+    }
+    // Everything sent before the signal is counted.
+    wait_for(d.http, &[("term_total", 100.0), ("term_g", 99.0)]).await;
+    d.signal(libc::SIGTERM);
+    let (status, log) = tokio::task::spawn_blocking(move || {
+        let st = d.wait_exit(Duration::from_secs(5));
+        (st, d.log())
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0), "log:\n{log}");
+    assert!(log.contains("stop signal received"), "log:\n{log}");
+}
+
+#[test]
+fn sigint_exits_zero_too() {
+    let mut d = Spawned::start("");
+    d.signal(libc::SIGINT);
+    let status = d.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "log:\n{}", d.log());
+}
+
+fn tallyd(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .output()
+        .expect("run tallyd")
+}
+
+fn check_config(text: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = tallyd(&["check-config", path.to_str().unwrap()]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_accepts_good_files() {
+    for text in [
+        String::new(),
+        config_text(0, ""),
+        config_text(
+            2,
+            "[limits]\nmax_series = 10\n[[mapping]]\nmatch = \"a.*\"\nname = \"a_$1\"\n",
+        ),
+    ] {
+        let (code, stdout, stderr) = check_config(&text);
+        assert_eq!(code, Some(0), "{text}\nstderr: {stderr}");
+        assert!(stdout.contains(": ok"), "{stdout}");
+    }
+    // The documented example in the repository.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tallyd.toml");
+    if std::path::Path::new(example).exists() {
+        let out = tallyd(&["check-config", example]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn check_config_reports_line_column_and_key() {
+    for (text, place, key) in [
+        ("[http]\nlisten = \"nope\"\n", "line 2, column 10", "listen"),
+        (
+            "[limits]\nmax_series = 5\nbogus = 1\n",
+            "line 3, column 1",
+            "bogus",
+        ),
+        (
+            "[defaults]\nttl = \"10 parsecs\"\n",
+            "line 2, column 7",
+            "ttl",
+        ),
+        (
+            "[[udp]]\nworkers = \"many\"\n",
+            "line 2, column 11",
+            "workers",
+        ),
+        (
+            "[[mapping]]\nmatch = \"a.*\"\nname = \"x_$2\"\n",
+            "line 3, column 8",
+            "mapping.name",
+        ),
+        (
+            "[[mapping]]\nregex = \"a(\"\nname = \"x\"\n",
+            "line 2, column 9",
+            "mapping.regex",
+        ),
+    ] {
+        let (code, _, stderr) = check_config(text);
+        assert_eq!(code, Some(1), "{text}");
+        assert!(stderr.contains(place), "{text}: want {place}; got {stderr}");
+        assert!(
+            stderr.contains(&format!("key `{key}`")),
+            "{text}: want key {key}; got {stderr}"
+        );
+    }
+    // Bad TOML syntax names the line.
+    let (code, _, stderr) = check_config("[http\nlisten = 1\n");
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("line 1"), "{stderr}");
+    // A missing file.
+    let out = tallyd(&["check-config", "/nonexistent/tallyd.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn version_and_help() {
+    let out = tallyd(&["--version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("tallyd {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = tallyd(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for want in ["--config", "check-config", "--version", "--help"] {
+        assert!(help.contains(want), "--help lacks {want}:\n{help}");
+    }
+    let out = tallyd(&["--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}
+
+/// With no --config the binary listens on 127.0.0.1:8125 (UDP) and 127.0.0.1:9102 (HTTP).
+/// Only run when both are free on this machine; otherwise say why and pass.
+#[test]
+fn no_config_runs_on_the_default_ports() {
+    let (udp, http): (SocketAddr, SocketAddr) = (
+        "127.0.0.1:8125".parse().unwrap(),
+        "127.0.0.1:9102".parse().unwrap(),
+    );
+    let free = UdpSocket::bind(udp).is_ok() && TcpListener::bind(http).is_ok();
+    if !free {
+        eprintln!("skipped: 127.0.0.1:8125/udp or 127.0.0.1:9102/tcp is in use on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("log");
+    let mut child = Command::new(binary())
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("tallyd exited early ({st:?}); log:\n{}", log());
+        }
+        if std::net::TcpStream::connect(http).is_ok() && http_status(http, "/-/ready") == 200 {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "never ready; log:\n{}", log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    send(udp, b"defaults.ok:1|c");
+    rt.block_on(wait_for(http, &[("defaults_ok_total", 1.0)]));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("no exit within 5 s; log:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0), "log:\n{}", log());
+}
+
+fn http_status(addr: SocketAddr, path: &str) -> u16 {
+    http(addr, "GET", path).0
+}
