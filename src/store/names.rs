@@ -44,10 +44,11 @@ impl TagError {
     }
 }
 
-/// Tag errors of one raw key, a small count per reason (saturating), kept in the worker's
-/// cache so a repeated line is counted again without re-resolving it.
+/// Tag errors of one raw key, a count per reason, kept in the worker's cache so a repeated line
+/// is counted again without re-resolving it. `u32`, not `u8`: one 64 KiB line can carry 30,000
+/// bad tags (`#a,a,a,...`), and every one of them is counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TagErrors(pub [u8; 6]);
+pub struct TagErrors(pub [u32; 6]);
 
 impl TagErrors {
     /// Counts one error.
@@ -182,25 +183,39 @@ pub fn escape_into(out: &mut String, v: &str) {
 }
 
 /// Sanitises, filters and sorts `tags` into the rendered label set `k="v",k2="v2"` (no braces).
-/// Later duplicates win. `observer` drops `le` and `quantile`, which the exposition adds itself.
+/// Later duplicates win.
+///
+/// `le` and `quantile` are dropped (and counted as reserved) on every type, not only on
+/// observers: on a histogram or summary they would clash with the labels the exposition adds,
+/// and on any other type `promtool check metrics` rejects them ("non-histogram metrics should
+/// not have "le" label"). `_observer` is kept for callers; the rule no longer depends on it.
+///
+/// Duplicates are removed by a stable sort, so a line with 10,000 tags costs O(n log n), not
+/// O(n^2) (a hostile datagram must not wedge a worker on its cache-miss path).
 pub fn render_labels(
     tags: Vec<(String, String)>,
-    observer: bool,
+    _observer: bool,
     errors: &mut TagErrors,
 ) -> String {
     let mut labels: Vec<(String, String)> = Vec::with_capacity(tags.len());
     for (k, v) in tags {
         let k = label_name(&k);
-        if k.starts_with("__") || (observer && (k == "le" || k == "quantile")) {
+        if k.starts_with("__") || k == "le" || k == "quantile" {
             errors.add(TagError::ReservedLabel);
             continue;
         }
-        match labels.iter_mut().find(|(lk, _)| *lk == k) {
-            Some(slot) => slot.1 = v,
-            None => labels.push((k, v)),
+        labels.push((k, v));
+    }
+    // Stable: equal keys keep their line order, so the last of each run is the one that wins.
+    labels.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut keep = vec![true; labels.len()];
+    for i in 1..labels.len() {
+        if labels[i - 1].0 == labels[i].0 {
+            keep[i - 1] = false;
         }
     }
-    labels.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut keep = keep.into_iter();
+    labels.retain(|_| keep.next().unwrap_or(true));
     let mut out = String::new();
     for (i, (k, v)) in labels.iter().enumerate() {
         if i > 0 {
