@@ -168,12 +168,7 @@ impl Daemon {
     pub async fn start_http(opts: Options) -> Result<Starting, StartError> {
         let (snapshot, text) = match &opts.config_path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
-                    line: 0,
-                    column: 0,
-                    key: None,
-                    message: format!("cannot read {}: {e}", p.display()),
-                })?;
+                let text = crate::config::read_file(p)?;
                 (Snapshot::from_toml(&text)?, Some(text))
             }
             None => (Snapshot::defaults(), None),

@@ -367,12 +367,7 @@ impl Config {
 
     /// Reads, parses and validates the file at `path`.
     pub fn from_file(path: &std::path::Path) -> Result<(Self, String), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            line: 0,
-            column: 0,
-            key: None,
-            message: format!("cannot read {}: {e}", path.display()),
-        })?;
+        let text = read_file(path)?;
         Ok((Self::from_toml(&text)?, text))
     }
 
@@ -463,6 +458,16 @@ impl Config {
     }
 }
 
+/// Reads a config file's text; an unreadable file is an error not tied to a line.
+pub fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        line: 0,
+        column: 0,
+        key: None,
+        message: format!("cannot read {}: {e}", path.display()),
+    })
+}
+
 /// 1-based line and column of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -484,9 +489,11 @@ fn locate(text: &str, e: &toml::de::Error) -> ConfigError {
         .or_else(|| {
             // "unknown field `x`" errors point at the table; name the field.
             let m = e.message();
-            (m.starts_with("unknown field") || m.starts_with("missing field") || m.starts_with("duplicate"))
-                .then(|| m.split('`').nth(1).map(str::to_string))
-                .flatten()
+            (m.starts_with("unknown field")
+                || m.starts_with("missing field")
+                || m.starts_with("duplicate"))
+            .then(|| m.split('`').nth(1).map(str::to_string))
+            .flatten()
         });
     ConfigError {
         line: if e.span().is_some() { line } else { 0 },
@@ -526,10 +533,14 @@ impl<'de> Deserialize<'de> for BcryptHash {
     }
 }
 
-fn bcrypt_users<'de, D: Deserializer<'de>>(d: D) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+fn bcrypt_users<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
     let users = std::collections::BTreeMap::<String, BcryptHash>::deserialize(d)?;
     if let Some(user) = users.keys().find(|u| u.is_empty() || u.contains(':')) {
-        return Err(serde::de::Error::custom(format!("invalid user name {user:?}")));
+        return Err(serde::de::Error::custom(format!(
+            "invalid user name {user:?}"
+        )));
     }
     Ok(users.into_iter().map(|(u, h)| (u, h.0)).collect())
 }

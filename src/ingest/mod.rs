@@ -199,8 +199,7 @@ pub fn start_udp(
         .and_then(|a| a.as_socket());
     let stop = Arc::new(AtomicBool::new(false));
     let sockets: Vec<Arc<Socket>> = sockets.into_iter().map(Arc::new).collect();
-    let mut threads = Vec::new();
-    let mut beats = Vec::new();
+    let (mut threads, mut beats) = (Vec::new(), Vec::new());
     // An inherited socket is shared by all workers (recvmmsg on one socket from several
     // threads is safe; each datagram goes to exactly one caller).
     let per_worker: Vec<Arc<Socket>> = if sockets.len() == 1 {
@@ -209,23 +208,10 @@ pub fn start_udp(
         sockets.clone()
     };
     for (i, sock) in per_worker.into_iter().enumerate() {
-        sock.set_read_timeout(Some(IDLE_TICK))?;
-        let beat = Arc::new(AtomicU64::new(0));
-        beats.push((beat.clone(), AtomicU64::new(u64::MAX)));
-        let worker = DatagramWorker {
-            socket: sock,
-            writer: store.writer(live.clone()),
-            counters: Counters::new(t, &label),
-            telemetry: t.clone(),
-            stop: stop.clone(),
-            bufs: sys::MmsgBuffers::new(cfg.batch, cfg.max_datagram_size as usize),
-            beat,
-        };
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("tallyd-udp-{i}"))
-                .spawn(move || worker.run())?,
-        );
+        let bufs = sys::MmsgBuffers::new(cfg.batch, cfg.max_datagram_size as usize);
+        let (thread, beat) = DatagramWorker::spawn(format!("tallyd-udp-{i}"), sock, bufs, &label, &stop, store, live, t)?;
+        threads.push(thread);
+        beats.push(beat);
     }
     tracing::info!(listener = %label, workers = threads.len(), "UDP listener started");
     Ok(Running {
@@ -277,22 +263,10 @@ pub fn start_unixgram(
         }
     };
     recv_buffer(&sock, cfg.recv_buffer, &label, t);
-    sock.set_read_timeout(Some(IDLE_TICK))?;
     let sock = Arc::new(sock);
     let stop = Arc::new(AtomicBool::new(false));
-    let beat = Arc::new(AtomicU64::new(0));
-    let worker = DatagramWorker {
-        socket: sock.clone(),
-        writer: store.writer(live.clone()),
-        counters: Counters::new(t, &label),
-        telemetry: t.clone(),
-        stop: stop.clone(),
-        bufs: sys::MmsgBuffers::new(32, 65536),
-        beat: beat.clone(),
-    };
-    let thread = std::thread::Builder::new()
-        .name("tallyd-unixgram".into())
-        .spawn(move || worker.run())?;
+    let bufs = sys::MmsgBuffers::new(32, 65536);
+    let (thread, beat) = DatagramWorker::spawn("tallyd-unixgram".into(), sock.clone(), bufs, &label, &stop, store, live, t)?;
     tracing::info!(listener = %label, "unixgram listener started");
     Ok(Running {
         drops: t.kernel_drops.with_label_values(&[&label]),
@@ -303,7 +277,7 @@ pub fn start_unixgram(
         task: None,
         sockets: vec![sock],
         unlink,
-        beats: vec![(beat, AtomicU64::new(u64::MAX))],
+        beats: vec![beat],
     })
 }
 
@@ -319,6 +293,34 @@ struct DatagramWorker {
 }
 
 impl DatagramWorker {
+    /// Starts a worker thread on `socket` with its own writer; returns the thread and its
+    /// heartbeat (for the watchdog).
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(
+        name: String,
+        socket: Arc<Socket>,
+        bufs: sys::MmsgBuffers,
+        label: &str,
+        stop: &Arc<AtomicBool>,
+        store: &Arc<Store>,
+        live: &Arc<crate::config::live::Live>,
+        t: &Arc<Telemetry>,
+    ) -> io::Result<(JoinHandle<()>, (Arc<AtomicU64>, AtomicU64))> {
+        socket.set_read_timeout(Some(IDLE_TICK))?;
+        let beat = Arc::new(AtomicU64::new(0));
+        let worker = DatagramWorker {
+            socket,
+            writer: store.writer(live.clone()),
+            counters: Counters::new(t, label),
+            telemetry: t.clone(),
+            stop: stop.clone(),
+            bufs,
+            beat: beat.clone(),
+        };
+        let thread = std::thread::Builder::new().name(name).spawn(move || worker.run())?;
+        Ok((thread, (beat, AtomicU64::new(u64::MAX))))
+    }
+
     fn run(mut self) {
         let fd = self.socket.as_raw_fd();
         let (mut datagrams, mut bytes, mut truncated) = (0u64, 0u64, 0u64);
