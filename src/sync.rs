@@ -32,6 +32,32 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
+/// Loads a word whose every store happens before this load: a shard's writer reading its own
+/// word before adding to it, or a sweep reading the epoch that only sweeps store, under the
+/// registry lock it holds. A Relaxed load: by coherence it returns the last store, so no
+/// ordering is needed.
+///
+/// Under loom it is an `unsync_load`, for two reasons. Loom then checks that claim itself: it
+/// panics if any other thread's store to the word is not ordered with this load (the sweeper
+/// zeroes a word only after every writer has let go of it). And it keeps loom's
+/// partial-order reduction exact: loom 0.7 remembers only the last access to an atomic, so a
+/// writer's own load just before its store hides a scrape's earlier load of the word, and the
+/// interleavings where the scrape reads after the store are never explored
+/// (tokio-rs/loom#166, #392). A load that cannot race with anything is not an access DPOR needs.
+#[inline]
+pub(crate) fn load_own(w: &AtomicU64) -> u64 {
+    #[cfg(loom)]
+    {
+        // SAFETY: loom's `unsync_load` is sound when no other thread stores concurrently, the
+        // single-writer invariant above, which loom verifies on every execution.
+        unsafe { w.unsync_load() }
+    }
+    #[cfg(not(loom))]
+    {
+        w.load(Ordering::Relaxed)
+    }
+}
+
 /// A box published once, read lock-free: the seed article's double-checked initialisation,
 /// done with an Acquire load and an AcqRel compare-exchange so a reader that sees the pointer
 /// also sees the fully initialised contents.

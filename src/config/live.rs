@@ -5,6 +5,9 @@
 //! snapshot pointer with the published one once per batch (no lock, no reference-count write)
 //! and switch at the next batch; ingest never pauses. Reloads are serialised by a mutex so two
 //! triggers (a file event and SIGHUP) cannot interleave their read-validate-publish steps.
+//! Every reader sees one whole snapshot, old or new, and a worker's next batch uses the new one
+//! rather than its cached resolutions (`tests/loom.rs`: `config_reload_is_seen_whole`; under
+//! loom the cell is an `RwLock<Arc<_>>`, see [`crate::sync::Cell`]).
 
 use std::path::{Path, PathBuf};
 
@@ -108,12 +111,7 @@ impl Live {
             return Ok(None);
         };
         let mut last = lock(&self.last_text);
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            line: 0,
-            column: 0,
-            key: None,
-            message: format!("cannot read {}: {e}", path.display()),
-        })?;
+        let text = super::read_file(path)?;
         if only_if_changed && last.as_deref() == Some(text.as_str()) {
             return Ok(None);
         }

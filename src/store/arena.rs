@@ -9,7 +9,7 @@
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{AtomicU64, OnceBox, Ordering, fence};
+use crate::sync::{AtomicU64, OnceBox, Ordering, fence, load_own};
 
 /// Words per segment (512 KiB).
 #[cfg(not(loom))]
@@ -78,7 +78,7 @@ impl Shard {
     pub fn add_f64(&self, offset: u32, v: f64) {
         let w = self.word(offset);
         w.store(
-            (f64::from_bits(w.load(Ordering::Relaxed)) + v).to_bits(),
+            (f64::from_bits(load_own(w)) + v).to_bits(),
             Ordering::Relaxed,
         );
     }
@@ -87,7 +87,7 @@ impl Shard {
     #[inline]
     pub fn write_begin(&self, seq: u32) -> u64 {
         let w = self.word(seq);
-        let s = w.load(Ordering::Relaxed);
+        let s = load_own(w);
         w.store(s.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
         s

@@ -10,23 +10,36 @@
 //! and there is no per-series padding (a counter costs 16 bytes per worker, not 128).
 //!
 //! # Why no increment is lost, torn or double-counted
-//! - *Lost*: a word has one writer, so an increment is a plain `load` + `store` (Relaxed) with
-//!   no read-modify-write race; nothing else stores into it while the series is live
-//!   (reclamation zeroes words only after every writer has dropped the slot from its cache;
-//!   see *Expiry*).
+//! Each claim names the model in `tests/loom.rs` that checks it against this code, built on
+//! loom's atomics and locks through [`crate::sync`]. Every model explores all interleavings.
+//!
+//! - *Lost*: a word has one writer, so an increment is a load of its own word
+//!   (`sync::load_own`) and a Relaxed store, with no read-modify-write race; nothing
+//!   else stores into the word while the series is live (reclamation zeroes words only after
+//!   every writer has let go of the slot; see *Expiry*). Under loom `load_own` is an
+//!   `unsync_load`, so every model also fails if any other thread's store could race a
+//!   writer's load. Two workers add while a scrape sums and the final sum is exact:
+//!   `scrape_sums_counter_shards`.
 //! - *Torn*: every value is one 64-bit atomic word (f64 bits), read whole by the scrape with
-//!   a Relaxed load. Multi-word values (gauge set+stamp, histogram count/sum/buckets, sets)
-//!   are guarded by a single-writer seqlock per series per shard: the writer bumps the
-//!   sequence to odd (Relaxed) and issues a Release fence before writing, and stores the even
-//!   sequence with Release after; the reader loads the sequence with Acquire, reads, issues an
-//!   Acquire fence and retries if the sequence moved. `tests/loom.rs` (`scrape_sees_whole_
-//!   histogram`) checks it.
+//!   a Relaxed load. Multi-word values (gauge set time + value, histogram count/sum/buckets,
+//!   sets) are guarded by a single-writer seqlock per series per shard: the writer bumps the
+//!   sequence to odd and issues a Release fence before writing, and stores the even sequence
+//!   with Release after; the reader loads the sequence with Acquire, reads, issues an Acquire
+//!   fence and retries if the sequence moved. The scrape never sees count != the sum of the
+//!   buckets, or a sum from another state (`scrape_sees_whole_histogram`), nor a gauge's new
+//!   set time with its old value (`scrape_sees_whole_gauge`). The reader's Acquire load is
+//!   needed: with it Relaxed, loom finds the torn read (`broken_seqlock_reader_tears_histogram`).
 //! - *Double-counted*: a scrape sums each shard's words once; shards are never merged or
-//!   moved, so a value is in exactly one shard.
+//!   moved, so a value is in exactly one shard: the scrape sees each worker's add before or
+//!   after, nothing else (`scrape_sums_counter_shards`).
 //! - *Publication*: a series is created under the registry mutex and its offset reaches
 //!   workers and the scrape only through that mutex (happens-before). A segment is published
-//!   by [`crate::sync::OnceBox`] with AcqRel, so no reader sees uninitialised words
-//!   (`tests/loom.rs`: `new_series_is_published_whole`).
+//!   by [`crate::sync::OnceBox`] (Acquire load, AcqRel compare-exchange), so no reader sees
+//!   uninitialised words. Two workers race to create one series in fresh segments while a
+//!   scrape walks the registry: nobody reads a word whose creation it has not synchronised
+//!   with, the series is exported once, with both increments
+//!   (`new_series_is_published_whole`); with a Relaxed load in the box, loom reports the
+//!   read (`broken_once_box_publishes_uninitialised_segment`).
 //!
 //! # Gauges across workers
 //! A gauge set records the batch time in its shard; a scrape takes the newest set across the
@@ -35,13 +48,37 @@
 //! apply exactly in order (`g:333|g`, `g:-10|g`, `g:+4|g` ends at 327).
 //!
 //! # Expiry
-//! A sweep off the hot path ([`Store::sweep`]) marks series idle for their ttl as *retiring*
-//! (no longer exported, no longer found by lookups) and bumps the store epoch. Each writer,
-//! at the start of every batch, sees the new epoch, clears its cache and then publishes the
-//! epoch it has seen (Release). A later sweep reclaims a retiring series only once every
-//! writer has seen its epoch (Acquire); it re-reads the last-seen stamps first, and a series
-//! that a late increment touched after it was marked is *resurrected*, never reclaimed, so a
-//! late increment is never silently lost (`tests/loom.rs`: `expiry_races_late_increment`).
+//! A sweep, off the hot path ([`Store::sweep`]), holds the registry lock throughout and works
+//! in two phases.
+//!
+//! 1. *Mark*: a live series whose newest last-seen stamp is `ttl` old becomes *retiring*: no
+//!    longer exported, but still in the index. The sweep records a fingerprint of all its
+//!    words in every shard (`Store::fingerprint`, taken on the same reads that decide it is
+//!    idle) and bumps the store epoch (only sweeps store it, under the lock; its
+//!    Release/Acquire is not what the argument below rests on, and the models pass without it).
+//! 2. *Reclaim*, in a later sweep: a retiring series whose epoch every writer has seen (each
+//!    shard's `seen_epoch`, loaded with Acquire) is fingerprinted again. If any word changed,
+//!    it is *resurrected*, live again with the late increments in it; otherwise its words are
+//!    zeroed, its slot freed and it leaves the index.
+//!
+//! Each writer, at the start of a batch, loads the epoch; on a new one it clears its cache of
+//! resolved offsets and then stores the epoch it has seen in its shard's `seen_epoch`
+//! (Release). So every write through an offset cached before the mark happens before that
+//! store, hence before the reclaiming sweep's second fingerprint, which sees it: a late
+//! increment is counted in the series, never silently lost. A lookup of a retiring series
+//! (from a writer whose cache was cleared) finds it in the index and brings it back, so a
+//! series never gets a second slot and is never exported twice. A worker incrementing an idle
+//! series through its cache while sweeps mark and reclaim it, then again through the registry,
+//! ends with every increment in the one exported series (`expiry_races_late_increment`;
+//! with `seen_epoch` stored or loaded Relaxed, loom finds the reclaim zeroing words that the
+//! late increment is still writing). Reclaimed words
+//! are zeroed after every writer has let go and reach a new series' writer through the
+//! registry mutex, so a reused slot starts at zero (`expiry_reclaims_only_forgotten_slots`).
+//!
+//! The fingerprint, not the stamps, decides: a late increment carries the stamp of its batch,
+//! which began before the sweep, so it may be no newer than the mark. An earlier version
+//! compared stamps with the mark time, and `expiry_races_late_increment` found it reclaiming
+//! the series with the late increments in it.
 
 pub mod arena;
 pub mod names;
@@ -62,7 +99,7 @@ use crate::parse::{self, LineInfo, MetricType, ParseError, Parsed, Sample, Speci
 // models must track (shards, the config snapshot) goes through the `crate::sync` facade.
 use std::sync::Arc;
 
-use crate::sync::{self, AtomicU64, Mutex, Ordering, lock};
+use crate::sync::{self, AtomicU64, Mutex, Ordering, load_own, lock};
 
 /// HyperLogLog precision of sets: 2^10 registers, standard error 1.04/sqrt(1024) = 3.25%.
 const HLL_P: u32 = 10;
@@ -245,10 +282,11 @@ impl Stats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Live,
-    /// Marked idle at store epoch `epoch`, time `at` (stamp seconds).
+    /// Marked idle at store epoch `epoch`, when its words hashed to `print`
+    /// ([`Store::fingerprint`]). Not exported; still in the index, so a lookup brings it back.
     Retiring {
         epoch: u64,
-        at: u64,
+        print: u64,
     },
     /// Slot free for reuse.
     Free,
@@ -568,7 +606,7 @@ impl Store {
         while i < reg.retiring.len() {
             let id = reg.retiring[i];
             let meta = &reg.series[id as usize];
-            let State::Retiring { epoch, at } = meta.state else {
+            let State::Retiring { epoch, print } = meta.state else {
                 reg.retiring.swap_remove(i);
                 continue;
             };
@@ -577,45 +615,82 @@ impl Store {
                 continue;
             }
             reg.retiring.swap_remove(i);
-            if Self::last_seen(&shards, meta) > at {
+            if self.fingerprint(&shards, meta).1 != print {
+                // Written since it was marked (a late increment through a writer's cached
+                // offset; every such write happens before this read, by `seen_epoch`): it
+                // lives on, with the increment.
                 reg.series[id as usize].state = State::Live;
                 continue;
             }
             self.reclaim(reg, &shards, id);
             reclaimed += 1;
         }
-        // Phase 1: mark idle series.
-        let next_epoch = self.epoch.load(Ordering::Relaxed) + 1;
+        // Phase 1: mark idle series, fingerprinting their words so that phase 2 can tell
+        // whether anything wrote to them after the mark, whatever that write's batch time.
+        // Only sweeps store the epoch, under the registry lock we hold.
+        let next_epoch = load_own(&self.epoch) + 1;
         let mut marked = false;
         for fam in reg.families.values() {
             for &id in &fam.series {
                 let meta = &mut reg.series[id as usize];
-                if meta.ttl == 0 || meta.state != State::Live {
+                let ttl = u64::from(meta.ttl);
+                if ttl == 0 || meta.state != State::Live {
                     continue;
                 }
-                let seen = Self::last_seen(&shards, meta);
-                if now.saturating_sub(seen) >= u64::from(meta.ttl) {
-                    meta.state = State::Retiring {
-                        epoch: next_epoch,
-                        at: now,
-                    };
-                    reg.retiring.push(id);
-                    marked = true;
+                if now.saturating_sub(Self::last_seen(&shards, meta)) < ttl {
+                    continue;
                 }
+                // Decide on the words fingerprinted: a write this read missed changes them.
+                let (seen, print) = self.fingerprint(&shards, meta);
+                if now.saturating_sub(seen) < ttl {
+                    continue;
+                }
+                meta.state = State::Retiring {
+                    epoch: next_epoch,
+                    print,
+                };
+                reg.retiring.push(id);
+                marked = true;
             }
         }
         if marked {
-            // Retiring series are no longer found by lookups: take them out of the index now.
-            let series = &reg.series;
-            reg.index
-                .retain(|&mut id| !matches!(series[id as usize].state, State::Retiring { .. }));
             self.epoch.store(next_epoch, Ordering::Release);
         }
         reclaimed
     }
 
+    /// The newest last-seen stamp of a series across the shards, and a hash of all its
+    /// non-zero words with their places (so a shard added since, all zero, changes nothing).
+    /// A sweep fingerprints a series when it marks it idle and again once every writer has let
+    /// go of it: any write in between (a collision aside, 2^-64) changes the hash. A write that
+    /// changes no word loses nothing.
+    fn fingerprint(&self, shards: &[sync::Arc<Shard>], meta: &SeriesMeta) -> (u64, u64) {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.hasher.build_hasher();
+        let mut seen = 0;
+        for (i, s) in shards.iter().enumerate() {
+            for w in 0..meta.layout.words() {
+                let v = s.load(meta.offset + w);
+                if w == meta.layout.stamp() {
+                    seen = seen.max(v);
+                }
+                if v != 0 {
+                    h.write_usize(i);
+                    h.write_u32(w);
+                    h.write_u64(v);
+                }
+            }
+        }
+        (seen, h.finish())
+    }
+
     fn reclaim(&self, reg: &mut Registry, shards: &[sync::Arc<Shard>], id: u32) {
         let meta = &mut reg.series[id as usize];
+        // Lookups find it no more; a writer that still wants it creates a new series.
+        let hash = self.hasher.hash_one(&*meta.key);
+        if let Ok(entry) = reg.index.find_entry(hash, |&i| i == id) {
+            entry.remove();
+        }
         for s in shards {
             s.zero(meta.offset, meta.layout.words());
         }
