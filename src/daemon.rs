@@ -364,7 +364,7 @@ fn take_passed(passed: &[Passed], f: impl Fn(&Passed) -> bool) -> Option<Passed>
 }
 
 /// Binds and starts one listener.
-fn start_listener(key: &Key, passed: &mut Vec<Passed>, s: &Shared) -> std::io::Result<Running> {
+fn start_listener(key: &Key, passed: &[Passed], s: &Shared) -> std::io::Result<Running> {
     let passed = take_passed(passed, |p| claims(key, p));
     match key {
         Key::Udp(u) => {
@@ -393,12 +393,12 @@ fn start_listener(key: &Key, passed: &mut Vec<Passed>, s: &Shared) -> std::io::R
 impl Starting {
     /// Binds every configured listener (using sockets passed by systemd where they match),
     /// starts the background tasks, and marks the daemon ready.
-    pub async fn bind_listeners(mut self) -> Result<Daemon, StartError> {
+    pub async fn bind_listeners(self) -> Result<Daemon, StartError> {
         let s = self.shared.clone();
         let cfg = s.live.load();
         let mut started = HashMap::new();
         for key in Key::all(&cfg.config) {
-            match start_listener(&key, &mut self.passed, &s) {
+            match start_listener(&key, &self.passed, &s) {
                 Ok(r) => {
                     started.insert(key, r);
                 }
@@ -573,7 +573,7 @@ fn watchdog(s: &Shared) -> Option<tokio::task::JoinHandle<()>> {
 }
 
 /// Owns reloads and stops, one at a time.
-async fn control_loop(mut rx: mpsc::Receiver<Control>, s: Shared, mut passed: Vec<Passed>) {
+async fn control_loop(mut rx: mpsc::Receiver<Control>, s: Shared, passed: Vec<Passed>) {
     let mut stop_rx = s.stop_tx.subscribe();
     loop {
         let msg = tokio::select! {
@@ -585,7 +585,7 @@ async fn control_loop(mut rx: mpsc::Receiver<Control>, s: Shared, mut passed: Ve
                 only_if_changed,
                 reply,
             }) => {
-                let out = reload(&s, only_if_changed, &mut passed).await;
+                let out = reload(&s, only_if_changed, &passed).await;
                 if let Some(o) = &out {
                     let last = if o.is_ok() { "success" } else { "failure" };
                     s.notifier
@@ -629,7 +629,7 @@ async fn stop(s: &Shared) {
 async fn reload(
     s: &Shared,
     only_if_changed: bool,
-    passed: &mut Vec<Passed>,
+    passed: &[Passed],
 ) -> Option<Result<String, String>> {
     if only_if_changed && !s.live.changed_on_disk() {
         return None;
@@ -692,7 +692,7 @@ async fn reload(
 
 /// Brings the running listeners in line with the config: binds new ones first, and only then
 /// stops the ones that went away. A bind failure leaves every old listener running.
-async fn apply_listeners(s: &Shared, passed: &mut Vec<Passed>) -> Result<(), String> {
+async fn apply_listeners(s: &Shared, passed: &[Passed]) -> Result<(), String> {
     let cfg = s.live.load();
     let want = Key::all(&cfg.config);
     let have: Vec<Key> = crate::sync::lock(&s.listeners).keys().cloned().collect();

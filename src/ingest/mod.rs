@@ -92,7 +92,7 @@ pub struct Running {
     unlink: Option<PathBuf>,
     drops: IntCounter,
     /// Per worker: its loop counter and the value the watchdog saw last.
-    beats: Vec<(Arc<AtomicU64>, AtomicU64)>,
+    beats: Vec<Heartbeat>,
 }
 
 impl Running {
@@ -209,7 +209,16 @@ pub fn start_udp(
     };
     for (i, sock) in per_worker.into_iter().enumerate() {
         let bufs = sys::MmsgBuffers::new(cfg.batch, cfg.max_datagram_size as usize);
-        let (thread, beat) = DatagramWorker::spawn(format!("tallyd-udp-{i}"), sock, bufs, &label, &stop, store, live, t)?;
+        let (thread, beat) = DatagramWorker::spawn(
+            format!("tallyd-udp-{i}"),
+            sock,
+            bufs,
+            &label,
+            &stop,
+            store,
+            live,
+            t,
+        )?;
         threads.push(thread);
         beats.push(beat);
     }
@@ -266,7 +275,16 @@ pub fn start_unixgram(
     let sock = Arc::new(sock);
     let stop = Arc::new(AtomicBool::new(false));
     let bufs = sys::MmsgBuffers::new(32, 65536);
-    let (thread, beat) = DatagramWorker::spawn("tallyd-unixgram".into(), sock.clone(), bufs, &label, &stop, store, live, t)?;
+    let (thread, beat) = DatagramWorker::spawn(
+        "tallyd-unixgram".into(),
+        sock.clone(),
+        bufs,
+        &label,
+        &stop,
+        store,
+        live,
+        t,
+    )?;
     tracing::info!(listener = %label, "unixgram listener started");
     Ok(Running {
         drops: t.kernel_drops.with_label_values(&[&label]),
@@ -280,6 +298,9 @@ pub fn start_unixgram(
         beats: vec![beat],
     })
 }
+
+/// A worker's loop counter and the value the watchdog saw last.
+type Heartbeat = (Arc<AtomicU64>, AtomicU64);
 
 /// One datagram worker thread.
 struct DatagramWorker {
@@ -305,7 +326,7 @@ impl DatagramWorker {
         store: &Arc<Store>,
         live: &Arc<crate::config::live::Live>,
         t: &Arc<Telemetry>,
-    ) -> io::Result<(JoinHandle<()>, (Arc<AtomicU64>, AtomicU64))> {
+    ) -> io::Result<(JoinHandle<()>, Heartbeat)> {
         socket.set_read_timeout(Some(IDLE_TICK))?;
         let beat = Arc::new(AtomicU64::new(0));
         let worker = DatagramWorker {
@@ -317,7 +338,9 @@ impl DatagramWorker {
             bufs,
             beat: beat.clone(),
         };
-        let thread = std::thread::Builder::new().name(name).spawn(move || worker.run())?;
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || worker.run())?;
         Ok((thread, (beat, AtomicU64::new(u64::MAX))))
     }
 

@@ -353,9 +353,8 @@ fn parse_body<'a>(
             None => {}
             Some(b'@') => rate = parse_rate(&field[1..])?,
             Some(b'#') => {
-                if opts.dogstatsd_tags && !tags.push(&field[1..]) {
-                    info.dropped_tag_fields += 1;
-                }
+                let kept = !opts.dogstatsd_tags || tags.push(&field[1..]);
+                info.dropped_tag_fields += u32::from(!kept);
             }
             Some(b'c') if b.starts_with(b"c:") => container_id = Some(&field[2..]),
             Some(b'T') if b.len() > 1 && b[1..].iter().all(u8::is_ascii_digit) => {}
@@ -517,9 +516,10 @@ fn parse_service_check<'a>(rest: &'a str, opts: &ParseOptions) -> Result<Special
 mod tests {
     use super::*;
 
-    fn samples(
-        line: &str,
-    ) -> Result<Vec<(String, MetricType, f64, bool, f64, Vec<String>)>, ParseError> {
+    /// name, type, value, delta, rate, tags.
+    type Row = (String, MetricType, f64, bool, f64, Vec<String>);
+
+    fn samples(line: &str) -> Result<Vec<Row>, ParseError> {
         let mut out = Vec::new();
         parse_line(line.as_bytes(), &ParseOptions::default(), &mut |s| {
             out.push((
