@@ -119,7 +119,10 @@ fn plain_passwords_and_half_tls_are_refused() {
     use tallyd::config::Config;
     let e = Config::from_toml("[http.basic_auth_users]\nprom = \"hunter2\"\n").unwrap_err();
     assert_eq!(e.line, 2, "{e}");
-    assert!(e.message.contains("bcrypt") && e.key.as_deref() == Some("prom"), "{e}");
+    assert!(
+        e.message.contains("bcrypt") && e.key.as_deref() == Some("prom"),
+        "{e}"
+    );
     let e = Config::from_toml("[http]\ntls_cert_file = \"/x.pem\"\n").unwrap_err();
     assert!(e.message.contains("go together"), "{e}");
 }

@@ -1,0 +1,189 @@
+//! Shared corpora and baselines for the benches: deterministic StatsD traffic (no RNG crate,
+//! a fixed LCG, so every run sees the same bytes) and the naive baselines each bench compares
+//! tallyd against in the same run.
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use tallyd::config::live::{Live, Snapshot};
+use tallyd::store::{MonotonicClock, Store, Writer};
+
+/// A tiny deterministic generator (Knuth's MMIX LCG), good enough to pick series.
+pub struct Lcg(u64);
+
+impl Lcg {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The mixed corpus: plain counters and gauges, sampled timers, tagged histograms, v1.1 value
+/// packs, and 10% invalid lines, over about `series` distinct series (a fifth per kind), `n`
+/// lines.
+pub fn mixed_lines(series: u64, n: usize) -> Vec<String> {
+    let mut r = Lcg::new(42);
+    let per_kind = (series / 5).max(1);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let k = r.below(per_kind);
+        let v = r.below(1000);
+        let mut l = String::with_capacity(64);
+        if i % 10 == 9 {
+            // 10% invalid, each a different reason.
+            match (i / 10) % 4 {
+                0 => write!(l, "app.bad{k}:abc|c"),
+                1 => write!(l, "app.nocolon{k}"),
+                2 => write!(l, "app.badtype{k}:{v}|zz"),
+                _ => write!(l, "app.neg{k}:-{v}|c"),
+            }
+            .unwrap();
+        } else {
+            match r.below(5) {
+                0 => write!(l, "app.svc.requests.{k}:{v}|c"),
+                1 => write!(l, "app.svc.queue.{k}:{v}|g"),
+                2 => write!(l, "app.svc.latency.{k}:{v}.5|ms|@0.1"),
+                3 => write!(l, "app.svc.bytes:{v}|h|#env:prod,host:web{k},region:eu"),
+                _ => write!(l, "app.svc.dist.{k}:1.5:2.25:{v}|d|#env:prod"),
+            }
+            .unwrap();
+        }
+        out.push(l);
+    }
+    out
+}
+
+/// What `tallyd blast` sends: counter increments `<prefix>.<k>:1|c`, optionally with tags,
+/// over `series` names picked at random.
+pub fn counter_lines(series: u64, n: usize, tags: u32) -> Vec<String> {
+    let mut r = Lcg::new(7);
+    (0..n)
+        .map(|_| {
+            let k = r.below(series);
+            let mut l = format!("blast.{k}:1|c");
+            if tags > 0 {
+                l.push_str("|#");
+                for t in 0..tags {
+                    if t > 0 {
+                        l.push(',');
+                    }
+                    write!(l, "k{t}:v{}", k % 4).unwrap();
+                }
+            }
+            l
+        })
+        .collect()
+}
+
+/// Packs lines into datagrams of at most `max` bytes (0 = one line per datagram).
+pub fn pack(lines: &[String], max: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    for l in lines {
+        if max == 0 {
+            out.push(l.as_bytes().to_vec());
+            continue;
+        }
+        if !cur.is_empty() && cur.len() + 1 + l.len() > max {
+            out.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(b'\n');
+        }
+        cur.extend_from_slice(l.as_bytes());
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Lines in a set of datagrams.
+pub fn count_lines(datagrams: &[Vec<u8>]) -> u64 {
+    datagrams
+        .iter()
+        .map(|d| tallyd::parse::lines(d).count() as u64)
+        .sum()
+}
+
+/// Baseline 1: split lines with memchr and nothing else.
+#[inline]
+pub fn split_only(datagram: &[u8]) -> u64 {
+    let mut n = 0;
+    let mut start = 0;
+    for nl in memchr::memchr_iter(b'\n', datagram) {
+        n += u64::from(nl > start);
+        start = nl + 1;
+    }
+    n + u64::from(start < datagram.len())
+}
+
+/// Baseline 2: split lines, split each into name / value / `|`-fields, parse the value as an
+/// f64. No validation beyond that, no types, no tags, no store: the floor any StatsD parser
+/// pays per line.
+#[inline]
+pub fn split_f64(datagram: &[u8]) -> f64 {
+    let mut sum = 0.0;
+    for line in datagram.split(|&b| b == b'\n') {
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
+        let rest = &line[colon + 1..];
+        let Some(pipe) = memchr::memchr(b'|', rest) else {
+            continue;
+        };
+        let mut fields = 0u32;
+        for f in rest[pipe + 1..].split(|&b| b == b'|') {
+            fields += u32::from(f.first().copied().unwrap_or(0));
+        }
+        if let Some(v) = std::str::from_utf8(&rest[..pipe])
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+        {
+            sum += v + f64::from(fields);
+        }
+    }
+    sum
+}
+
+/// A store and live config for benches: defaults, with room for `max_series` series.
+pub fn store(max_series: usize) -> (Arc<Store>, Arc<Live>) {
+    let toml = format!("[limits]\nmax_series = {max_series}\n");
+    let snap = Snapshot::from_toml(&toml).expect("valid bench config");
+    let live = Live::new(snap, None, None);
+    let store = Store::new(Arc::new(MonotonicClock::default()), Vec::new());
+    (store, live)
+}
+
+/// Feeds datagrams to a writer the way an ingest worker does: `begin_batch` every 32.
+pub fn feed(w: &mut Writer, datagrams: &[Vec<u8>]) {
+    for chunk in datagrams.chunks(32) {
+        w.begin_batch();
+        for d in chunk {
+            w.ingest(d, false);
+        }
+    }
+}
+
+/// Resident set size of this process in bytes (from /proc/self/statm).
+pub fn rss_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
