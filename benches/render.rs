@@ -99,9 +99,14 @@ fn render(c: &mut Criterion) {
         let string_peak = peak_growth(|| {
             black_box(export::render(&store, &telemetry, window));
         });
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        export::render_chunks(&store, &telemetry, window, |chunk| {
+            enc.write_all(chunk.as_bytes()).is_ok()
+        });
+        let gz = enc.finish().map_or(0, |v| v.len());
         eprintln!(
-            "render {n}: {bytes} bytes of exposition; peak heap growth: streamed {stream_peak} B, \
-             whole string {string_peak} B"
+            "render {n}: {bytes} bytes of exposition ({gz} gzipped, level fast); peak heap \
+             growth: streamed {stream_peak} B, whole string {string_peak} B"
         );
 
         let label = match n {
