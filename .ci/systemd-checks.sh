@@ -24,8 +24,13 @@ command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 
 echo "== cargo deb"
 # CARGO_DEB_ARGS: extra flags, e.g. --no-build to package an existing release build.
+# (tee writes a copy to the inherited stderr through >&2; `tee /dev/stderr` would reopen a log
+# file that stderr points to and truncate it.)
+deb_log=$(mktemp)
+trap 'rm -f "$deb_log"' EXIT
 # shellcheck disable=SC2086
-deb=$(cargo deb ${CARGO_DEB_ARGS:-} 2>&1 | tee /dev/stderr | grep -E '\.deb$' | tail -n1)
+cargo deb ${CARGO_DEB_ARGS:-} 2>&1 | tee "$deb_log" >&2
+deb=$(grep -E '\.deb$' "$deb_log" | tail -n1)
 [ -f "$deb" ] || { echo "cargo deb produced no .deb" >&2; exit 1; }
 
 echo "== package contents"
