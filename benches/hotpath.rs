@@ -89,22 +89,7 @@ fn case(c: &mut Criterion, name: &str, lines: &[String], packed: usize) {
     );
     let mut g = c.benchmark_group(format!("hotpath/{name}"));
     g.throughput(Throughput::Elements(n));
-    g.bench_function("baseline_memchr_split", |b| {
-        b.iter(|| {
-            datagrams
-                .iter()
-                .map(|d| common::split_only(black_box(d)))
-                .sum::<u64>()
-        })
-    });
-    g.bench_function("baseline_split_f64", |b| {
-        b.iter(|| {
-            datagrams
-                .iter()
-                .map(|d| common::split_f64(black_box(d)))
-                .sum::<f64>()
-        })
-    });
+    common::baselines(&mut g, &datagrams);
     g.bench_function("tallyd_ingest", |b| {
         b.iter(|| common::feed(&mut w, black_box(&datagrams)))
     });

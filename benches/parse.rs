@@ -18,22 +18,7 @@ fn parse(c: &mut Criterion) {
     let opts = ParseOptions::default();
     let mut g = c.benchmark_group("parse/mixed");
     g.throughput(Throughput::Elements(n));
-    g.bench_function("baseline_memchr_split", |b| {
-        b.iter(|| {
-            datagrams
-                .iter()
-                .map(|d| common::split_only(black_box(d)))
-                .sum::<u64>()
-        })
-    });
-    g.bench_function("baseline_split_f64", |b| {
-        b.iter(|| {
-            datagrams
-                .iter()
-                .map(|d| common::split_f64(black_box(d)))
-                .sum::<f64>()
-        })
-    });
+    common::baselines(&mut g, &datagrams);
     g.bench_function("tallyd_parse_line", |b| {
         b.iter(|| {
             let mut sum = 0.0;

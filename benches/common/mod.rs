@@ -187,3 +187,28 @@ pub fn rss_bytes() -> u64 {
         .unwrap_or(0);
     pages * 4096
 }
+
+/// The two same-run baselines every line-throughput bench compares against: splitting lines
+/// with memchr only, and splitting fields plus parsing the f64 value.
+pub fn baselines(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    datagrams: &[Vec<u8>],
+) {
+    use std::hint::black_box;
+    g.bench_function("baseline_memchr_split", |b| {
+        b.iter(|| {
+            datagrams
+                .iter()
+                .map(|d| split_only(black_box(d)))
+                .sum::<u64>()
+        })
+    });
+    g.bench_function("baseline_split_f64", |b| {
+        b.iter(|| {
+            datagrams
+                .iter()
+                .map(|d| split_f64(black_box(d)))
+                .sum::<f64>()
+        })
+    });
+}
