@@ -365,6 +365,11 @@ fn take_passed(passed: &[Passed], f: impl Fn(&Passed) -> bool) -> Option<Passed>
 
 /// Binds and starts one listener.
 fn start_listener(key: &Key, passed: &[Passed], s: &Shared) -> std::io::Result<Running> {
+    let sinks = ingest::Sinks {
+        store: s.store.clone(),
+        live: s.live.clone(),
+        telemetry: s.telemetry.clone(),
+    };
     let passed = take_passed(passed, |p| claims(key, p));
     match key {
         Key::Udp(u) => {
@@ -375,18 +380,16 @@ fn start_listener(key: &Key, passed: &[Passed], s: &Shared) -> std::io::Result<R
                 }
                 None => ingest::bind_udp(u, &s.telemetry)?,
             };
-            ingest::start_udp(u, sockets, &s.store, &s.live, &s.telemetry)
+            ingest::start_udp(u, sockets, &sinks)
         }
         Key::Tcp(t) => {
             let l = match passed {
                 Some(p) => p.socket.into(),
                 None => ingest::bind_tcp(t)?,
             };
-            ingest::start_tcp(t, l, &s.store, &s.live, &s.telemetry)
+            ingest::start_tcp(t, l, &sinks)
         }
-        Key::Unixgram(u) => {
-            ingest::start_unixgram(u, passed.map(|p| p.socket), &s.store, &s.live, &s.telemetry)
-        }
+        Key::Unixgram(u) => ingest::start_unixgram(u, passed.map(|p| p.socket), &sinks),
     }
 }
 

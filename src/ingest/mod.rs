@@ -33,6 +33,25 @@ use crate::telemetry::Telemetry;
 /// How often an idle worker wakes to look at the stop flag, the config and the store epoch.
 pub const IDLE_TICK: Duration = Duration::from_millis(100);
 
+/// Where every listener's lines go: the store (through a writer of its own), the live config
+/// its writers read, and the self-metrics.
+#[derive(Clone)]
+pub struct Sinks {
+    /// The aggregates.
+    pub store: Arc<Store>,
+    /// The live config.
+    pub live: Arc<crate::config::live::Live>,
+    /// tallyd's own metrics.
+    pub telemetry: Arc<Telemetry>,
+}
+
+impl Sinks {
+    /// A new writer (its own shard) for one ingest thread or listener.
+    fn writer(&self) -> Writer {
+        self.store.writer(self.live.clone())
+    }
+}
+
 /// Per-listener counters, resolved once.
 #[derive(Clone)]
 struct Counters {
@@ -185,13 +204,8 @@ pub fn bind_udp(cfg: &Udp, t: &Telemetry) -> io::Result<Vec<Socket>> {
 }
 
 /// Starts a UDP listener on `sockets` (from [`bind_udp`] or systemd).
-pub fn start_udp(
-    cfg: &Udp,
-    sockets: Vec<Socket>,
-    store: &Arc<Store>,
-    live: &Arc<crate::config::live::Live>,
-    t: &Arc<Telemetry>,
-) -> io::Result<Running> {
+pub fn start_udp(cfg: &Udp, sockets: Vec<Socket>, sinks: &Sinks) -> io::Result<Running> {
+    let t = &sinks.telemetry;
     let label = cfg.label();
     let addr = sockets
         .first()
@@ -209,16 +223,8 @@ pub fn start_udp(
     };
     for (i, sock) in per_worker.into_iter().enumerate() {
         let bufs = sys::MmsgBuffers::new(cfg.batch, cfg.max_datagram_size as usize);
-        let (thread, beat) = DatagramWorker::spawn(
-            format!("tallyd-udp-{i}"),
-            sock,
-            bufs,
-            &label,
-            &stop,
-            store,
-            live,
-            t,
-        )?;
+        let (thread, beat) =
+            DatagramWorker::spawn(format!("tallyd-udp-{i}"), sock, bufs, &label, &stop, sinks)?;
         threads.push(thread);
         beats.push(beat);
     }
@@ -241,10 +247,9 @@ pub fn start_udp(
 pub fn start_unixgram(
     cfg: &Unixgram,
     inherited: Option<Socket>,
-    store: &Arc<Store>,
-    live: &Arc<crate::config::live::Live>,
-    t: &Arc<Telemetry>,
+    sinks: &Sinks,
 ) -> io::Result<Running> {
+    let t = &sinks.telemetry;
     let label = format!("unixgram://{}", cfg.path.display());
     let (sock, unlink) = match inherited {
         Some(s) => (s, None),
@@ -281,9 +286,7 @@ pub fn start_unixgram(
         bufs,
         &label,
         &stop,
-        store,
-        live,
-        t,
+        sinks,
     )?;
     tracing::info!(listener = %label, "unixgram listener started");
     Ok(Running {
@@ -316,22 +319,20 @@ struct DatagramWorker {
 impl DatagramWorker {
     /// Starts a worker thread on `socket` with its own writer; returns the thread and its
     /// heartbeat (for the watchdog).
-    #[allow(clippy::too_many_arguments)]
     fn spawn(
         name: String,
         socket: Arc<Socket>,
         bufs: sys::MmsgBuffers,
         label: &str,
         stop: &Arc<AtomicBool>,
-        store: &Arc<Store>,
-        live: &Arc<crate::config::live::Live>,
-        t: &Arc<Telemetry>,
+        sinks: &Sinks,
     ) -> io::Result<(JoinHandle<()>, Heartbeat)> {
+        let t = &sinks.telemetry;
         socket.set_read_timeout(Some(IDLE_TICK))?;
         let beat = Arc::new(AtomicU64::new(0));
         let worker = DatagramWorker {
             socket,
-            writer: store.writer(live.clone()),
+            writer: sinks.writer(),
             counters: Counters::new(t, label),
             telemetry: t.clone(),
             stop: stop.clone(),
@@ -434,18 +435,13 @@ pub fn bind_tcp(cfg: &Tcp) -> io::Result<std::net::TcpListener> {
 }
 
 /// Starts a TCP listener: one task accepting, one task per connection, one writer shared.
-pub fn start_tcp(
-    cfg: &Tcp,
-    listener: std::net::TcpListener,
-    store: &Arc<Store>,
-    live: &Arc<crate::config::live::Live>,
-    t: &Arc<Telemetry>,
-) -> io::Result<Running> {
+pub fn start_tcp(cfg: &Tcp, listener: std::net::TcpListener, sinks: &Sinks) -> io::Result<Running> {
+    let t = &sinks.telemetry;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let label = format!("tcp://{addr}");
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let writer = Arc::new(Mutex::new(store.writer(live.clone())));
+    let writer = Arc::new(Mutex::new(sinks.writer()));
     let counters = Counters::new(t, &label);
     let stop = Arc::new(AtomicBool::new(false));
     let open = t.tcp_connections.with_label_values(&[&label]);
