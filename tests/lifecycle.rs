@@ -65,6 +65,35 @@ async fn a_listener_that_cannot_bind_fails_the_start() {
     assert!(err.contains("cannot bind"), "{err}");
 }
 
+/// Linux lets an autobind with SO_REUSEPORT pick a port another SO_REUSEPORT socket of the same
+/// user holds, and the two would split each other's datagrams (this broke CI once: two test
+/// daemons on port 0 traded lines). With 4,000 such sockets holding about one port in seven,
+/// 40 daemons asked for UDP port 0 would, without the fix, land on a held port with
+/// probability 1 - (6/7)^40 > 99.7%; every one must get a port nobody else holds, and a line
+/// sent there must reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_port_zero_never_joins_someone_elses_reuseport_group() {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut held = std::collections::HashSet::new();
+    let mut holders = Vec::new();
+    for _ in 0..4000 {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_port(true).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        s.bind(&any.into()).unwrap();
+        held.insert(s.local_addr().unwrap().as_socket().unwrap().port());
+        holders.push(s);
+    }
+    for i in 0..40 {
+        let t = TestDaemon::start(&config_text(2, "")).await;
+        let port = t.udp[0].port();
+        assert!(!held.contains(&port), "daemon {i} joined held port {port}");
+        t.send(format!("own_port_{i}:1|c").as_bytes());
+        wait_for(t.http, &[(&format!("own_port_{i}_total"), 1.0)]).await;
+        t.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_zero_within_five_seconds() {
     let mut d = tokio::task::spawn_blocking(|| Spawned::start(""))

@@ -184,20 +184,37 @@ fn recv_buffer(sock: &Socket, want: u64, label: &str, t: &Telemetry) {
     }
 }
 
+/// Serialises port-0 picks within the process (see [`bind_udp`]).
+static PORT_PICK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Binds a UDP listener's sockets (one per worker, SO_REUSEPORT).
+///
+/// Port 0 is not handed to the SO_REUSEPORT sockets: Linux lets an autobind with SO_REUSEPORT
+/// pick a port that another SO_REUSEPORT socket of the same user already holds, and the two
+/// listeners would then split each other's traffic (seen when two tallyds in one test process
+/// both listened on port 0). A probe socket without SO_REUSEPORT or SO_REUSEADDR picks a port
+/// nobody holds; the group binds to it while [`PORT_PICK`] is held, so two pickers in one
+/// process cannot pick the same one.
 pub fn bind_udp(cfg: &Udp, t: &Telemetry) -> io::Result<Vec<Socket>> {
     let label = cfg.label();
     let mut addr = cfg.listen;
+    let _pick = (addr.port() == 0).then(|| {
+        PORT_PICK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    });
+    if addr.port() == 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        probe.bind(&addr.into())?;
+        let picked = probe.local_addr()?.as_socket().map_or(0, |a| a.port());
+        addr.set_port(picked);
+    }
     let mut sockets = Vec::new();
     for _ in 0..cfg.worker_count() {
         let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         s.set_reuse_port(true)?;
         recv_buffer(&s, cfg.recv_buffer, &label, t);
         s.bind(&addr.into())?;
-        // With port 0 the first bind picks the port; the others join it.
-        if let Some(a) = s.local_addr()?.as_socket() {
-            addr = a;
-        }
         sockets.push(s);
     }
     Ok(sockets)
