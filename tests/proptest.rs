@@ -445,3 +445,98 @@ proptest! {
         }
     }
 }
+
+/// Line shapes whose value slot the differential suite below fills: every type, sample rates,
+/// tags, a container id, unknown and excess fields, the Etsy multi-typed form, events.
+const SHAPES: &[&str] = &[
+    "dif.a:{}|c",
+    "dif.a:{}|c|@0.1",
+    "dif.a:{}|c|#k:v,z:w",
+    "dif.a:{}|c|@0.5|#k:v|c:cid",
+    "dif.b:{}|g",
+    "dif.b:{}|g|#k:v",
+    "dif.c:{}|ms|@0.25",
+    "dif.c:{}|h|#k:v",
+    "dif.d:{}|d",
+    "dif.e:{}|s",
+    "dif.f:{}|c|x:unknown",
+    "dif.f:{}|c|#a|#b|#c|#d|#e",
+    "dif.g:{}|c:2|ms",
+    "dif.h:{}|x",
+    "dif.b:{}|c",
+    "_e{1,1}:{}|t",
+    "dif[k=v]:{}|c",
+];
+
+/// What fills a shape's value slot: plain, signed, fractional, exponent, and values the
+/// parser refuses (negative counters, NaN, hex, empty, a v1.1 pack, bad UTF-8).
+const VALUES_IN: &[&[u8]] = &[
+    b"1",
+    b"2",
+    b"0",
+    b"+3",
+    b"-4",
+    b"1.5",
+    b"1e3",
+    b".5",
+    b"NaN",
+    b"0x10",
+    b"",
+    b"1:2",
+    b"\xff",
+    b"-0",
+    b"12345678901234567890",
+];
+
+proptest! {
+    #![proptest_config(cases(300))]
+
+    /// The parser-skipping hit path (`Writer::line`'s line key) changes nothing: one writer
+    /// that sees each line shape many times ends with the same exposition and the same counts
+    /// (but the cache's counts) as one whose cache is emptied before every line, so every line of it
+    /// takes the full parse.
+    #[test]
+    fn known_lines_skip_the_parser_with_the_same_outcome(
+        lines in prop::collection::vec((0..SHAPES.len(), 0..VALUES_IN.len()), 1..120),
+    ) {
+        let lines: Vec<Vec<u8>> = lines
+            .iter()
+            .map(|&(s, v)| {
+                let (pre, post) = SHAPES[s].split_once("{}").unwrap();
+                [pre.as_bytes(), VALUES_IN[v], post.as_bytes()].concat()
+            })
+            .collect();
+        let run = |cold: bool| {
+            let live = Live::new(Snapshot::defaults(), None, None);
+            let store = Store::new(Arc::new(ManualClock::default()), RESERVED.clone());
+            let mut w = store.writer(live.clone());
+            for l in &lines {
+                if cold {
+                    // A new config, equal to the old: the writer drops its cache.
+                    live.publish(Snapshot::defaults());
+                }
+                w.begin_batch();
+                w.ingest(l, false);
+            }
+            let mut stats = std::mem::take(&mut w.stats);
+            let hits = (stats.cache_hits, stats.cache_misses);
+            // Counted per resolution, not per sample, like the cache's own counts.
+            stats.cache_hits = 0;
+            stats.cache_misses = 0;
+            stats.unmapped = 0;
+            let text = tallyd::export::render(&store, &Telemetry::new(), Duration::from_secs(60));
+            let own: String = text
+                .lines()
+                .filter(|l| !l.contains("tallyd_") && !l.contains("process_"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            (own, stats, hits)
+        };
+        let (warm, warm_stats, warm_hits) = run(false);
+        let (cold, cold_stats, cold_hits) = run(true);
+        // Every sample is one lookup either way (a line-key miss is not counted).
+        prop_assert_eq!(warm_hits.0 + warm_hits.1, cold_hits.0 + cold_hits.1);
+        prop_assert_eq!(warm_stats, cold_stats);
+        prop_assert_eq!(warm, cold);
+    }
+}

@@ -442,6 +442,10 @@ impl Store {
             snap,
             cache: HashMap::with_hasher(ahash::RandomState::new()),
             key: Vec::with_capacity(256),
+            line_key: Vec::with_capacity(256),
+            line_samples: 0,
+            line_kind: MetricType::Counter,
+            line_rate: 1.0,
             epoch: u64::MAX,
             batch: Batch {
                 stamp: 0,
@@ -943,12 +947,19 @@ fn hll_estimate(regs: &[u8]) -> f64 {
 }
 
 /// A worker's cached resolution of one raw key.
-#[derive(Debug, Clone)]
+///
+/// Two kinds of key map to entries (see [`Writer::line`]): a sample key (type, raw name, tag
+/// fields, container id; built by [`Writer::build_key`]) and a line key (the line's bytes
+/// without its value, behind [`LINE_KEY`]). Only a line key's entry reads `rate`: the sample
+/// rate is part of the line's bytes, so it is fixed for the key, but not for a sample key.
+#[derive(Debug)]
 enum Entry {
     Series {
         offset: u32,
         layout: Layout,
+        kind: MetricType,
         scale: f64,
+        rate: f64,
         buckets: Option<Arc<[f64]>>,
         tag_errors: TagErrors,
     },
@@ -980,7 +991,14 @@ pub struct Writer {
     live: sync::Arc<Live>,
     snap: sync::Arc<Snapshot>,
     cache: HashMap<Box<[u8]>, Entry, ahash::RandomState>,
+    /// The last sample key built.
     key: Vec<u8>,
+    /// The current line's line key.
+    line_key: Vec<u8>,
+    /// Samples the parser handed out for the current line, and the last one's type and rate.
+    line_samples: u32,
+    line_kind: MetricType,
+    line_rate: f64,
     epoch: u64,
     batch: Batch,
     /// Counters since the last flush.
@@ -1034,6 +1052,7 @@ fn settle(
             scale,
             buckets,
             tag_errors,
+            ..
         } => {
             stats.tag_errors(*tag_errors);
             if counted {
@@ -1186,15 +1205,65 @@ impl Writer {
     }
 
     /// Parses and aggregates one line.
+    ///
+    /// A line seen before skips the parser: its bytes without the value (the line key, found
+    /// with two memchrs) look up the entry its first full parse left, and only the value is
+    /// parsed. The full parse runs on a miss, and files its one sample's entry under the line
+    /// key when nothing but the value can change its outcome: exactly one sample, not a set
+    /// (whose "value" is the member), no unknown or excess fields (counted per line), a plain
+    /// value (a `:` in it is a v1.1 pack). A hit whose value the fast check refuses (a bad
+    /// number, a negative counter) takes the full parse too, which counts it by reason. The
+    /// parse of everything but the value depends only on those bytes and the config, and a
+    /// config swap clears the cache.
     pub fn line(&mut self, line: &[u8]) {
         self.stats.lines += 1;
+        let split = line_split(line);
+        if let Some((colon, bar)) = split {
+            self.line_key.clear();
+            self.line_key.push(LINE_KEY);
+            self.line_key.extend_from_slice(&line[..=colon]);
+            self.line_key.extend_from_slice(&line[bar..]);
+            if let Some(e @ Entry::Series { kind, rate, .. }) =
+                self.cache.get(self.line_key.as_slice())
+                && let Some(s) = quick_sample(&line[colon + 1..bar], *kind, *rate)
+            {
+                self.stats.cache_hits += 1;
+                settle(e, &self.shard, &self.batch, &mut self.stats, &s, true);
+                return;
+            }
+        }
+        self.line_samples = 0;
         let opts = parse::ParseOptions {
             dogstatsd_tags: self.snap.config.parse.dogstatsd_tags,
         };
         match parse::parse_line(line, &opts, &mut |s| self.record(s)) {
-            Ok(Parsed::Metric(info)) => self.line_info(info),
+            Ok(Parsed::Metric(info)) => {
+                if split.is_some() && self.line_samples == 1 && info == LineInfo::default() {
+                    self.file_under_line_key();
+                }
+                self.line_info(info)
+            }
             Ok(Parsed::Special(sp)) => self.special(&sp),
             Err(e) => self.stats.parse_errors[e.index()] += 1,
+        }
+    }
+
+    /// Moves the entry the line's one sample left under its sample key to the line key (moved,
+    /// not copied: one entry per series per writer), with the line's type and rate.
+    fn file_under_line_key(&mut self) {
+        let movable = matches!(
+            self.cache.get(self.key.as_slice()),
+            Some(Entry::Series { layout, .. }) if *layout != Layout::Set
+        );
+        if !movable {
+            return;
+        }
+        if let Some(mut e) = self.cache.remove(self.key.as_slice()) {
+            if let Entry::Series { kind, rate, .. } = &mut e {
+                *kind = self.line_kind;
+                *rate = self.line_rate;
+            }
+            self.cache.insert(self.line_key.as_slice().into(), e);
         }
     }
 
@@ -1248,6 +1317,9 @@ impl Writer {
 
     /// Aggregates one parsed sample.
     pub fn record(&mut self, s: &Sample<'_>) {
+        self.line_samples += 1;
+        self.line_kind = s.kind;
+        self.line_rate = s.rate;
         let cid = if self.snap.config.parse.container_id_label {
             s.container_id.unwrap_or("")
         } else {
@@ -1363,7 +1435,7 @@ impl Writer {
             (l, _) => l,
         };
         self.create(
-            &family, kind, &labels, layout, ttl, help, buckets, window, scale, errors,
+            &family, kind, &labels, layout, ttl, help, buckets, window, scale, errors, s.kind,
         )
     }
 
@@ -1380,6 +1452,7 @@ impl Writer {
         window: Duration,
         scale: f64,
         tag_errors: TagErrors,
+        sample: MetricType,
     ) -> Entry {
         let r = self.store.find_or_create(NewSeries {
             family,
@@ -1396,7 +1469,9 @@ impl Writer {
             Ok(offset) => Entry::Series {
                 offset,
                 layout,
+                kind: sample,
                 scale,
+                rate: 1.0,
                 buckets: if matches!(layout, Layout::Histogram(_)) {
                     buckets
                 } else {
@@ -1485,9 +1560,45 @@ impl Writer {
                 Duration::ZERO,
                 1.0,
                 errors,
+                sample.kind,
             )
         });
     }
+}
+
+/// The first byte of a line key; a sample key starts with its type (below 16), an event's or
+/// service check's with `E` or `S`.
+const LINE_KEY: u8 = 0x80;
+
+/// Where a line's value starts and ends: the first `:` and the first `|` after it, if the value
+/// between them is plain (not empty, no `:` of a v1.1 pack).
+#[inline]
+fn line_split(line: &[u8]) -> Option<(usize, usize)> {
+    let colon = memchr::memchr(b':', line)?;
+    let bar = colon + 1 + memchr::memchr(b'|', &line[colon + 1..])?;
+    let value = &line[colon + 1..bar];
+    (!value.is_empty() && memchr::memchr(b':', value).is_none()).then_some((colon, bar))
+}
+
+/// The sample a known line key's value makes, if the value is one the parser accepts for
+/// `kind` (the same checks as [`parse::parse_line`]); `None` sends the line to the parser.
+#[inline]
+fn quick_sample(raw: &[u8], kind: MetricType, rate: f64) -> Option<Sample<'static>> {
+    let raw = std::str::from_utf8(raw).ok()?;
+    let value = parse::parse_value(raw).ok()?;
+    if kind == MetricType::Counter && value < 0.0 {
+        return None;
+    }
+    Some(Sample {
+        name: "",
+        kind,
+        value,
+        delta: kind == MetricType::Gauge && matches!(raw.as_bytes()[0], b'+' | b'-'),
+        rate,
+        member: "",
+        tags: parse::TagFields::default(),
+        container_id: None,
+    })
 }
 
 /// Set members hash the same in every worker, so their registers merge.
