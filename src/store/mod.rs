@@ -81,6 +81,7 @@
 //! the series with the late increments in it.
 
 pub mod arena;
+mod cache;
 pub mod names;
 pub mod sketch;
 
@@ -89,6 +90,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use arena::Shard;
+use cache::{Cache, Entry, Hit, Target};
 use hashbrown::HashTable;
 use names::{TagError, TagErrors};
 
@@ -282,14 +284,21 @@ impl Stats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Live,
-    /// Marked idle at store epoch `epoch`, when its words hashed to `print`
-    /// ([`Store::fingerprint`]). Not exported; still in the index, so a lookup brings it back.
-    Retiring {
-        epoch: u64,
-        print: u64,
-    },
+    /// Marked idle (its mark is in [`Registry::retiring`]). Not exported; still in the index,
+    /// so a lookup brings it back.
+    Retiring,
     /// Slot free for reuse.
     Free,
+}
+
+/// A retiring series' mark: the store epoch it was marked at, and what its words hashed to
+/// then ([`Store::fingerprint`]). Kept beside the series, not in it: few series retire at a
+/// time, and every series pays for its own fields.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    id: u32,
+    epoch: u64,
+    print: u64,
 }
 
 #[derive(Debug)]
@@ -315,15 +324,82 @@ impl SeriesMeta {
     }
 }
 
+/// A metric family: its type claim and its series. 40 bytes: with one metric name per series
+/// (`tallyd blast --names N`, or names that embed ids) there is a family per series.
 #[derive(Debug)]
 struct Family {
     kind: FamilyKind,
+    /// Help, bounds and window, which only mapped names and observers have.
+    extra: Option<Box<FamilyExtra>>,
+    series: Members,
+}
+
+#[derive(Debug)]
+struct FamilyExtra {
     help: Option<Arc<str>>,
     /// Histogram bounds, or a summary's quantiles.
     buckets: Option<Arc<[f64]>>,
     /// A summary's window.
     window: Duration,
-    series: Vec<u32>,
+}
+
+impl Family {
+    fn help(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.help.as_deref())
+    }
+
+    fn buckets(&self) -> &[f64] {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.buckets.as_deref())
+            .unwrap_or(&[])
+    }
+
+    fn window(&self) -> Duration {
+        self.extra.as_ref().map_or(Duration::ZERO, |e| e.window)
+    }
+}
+
+/// A family's series ids, the first one inline (most families have one series, or many).
+#[derive(Debug)]
+enum Members {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Members {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Members::One(id) => std::slice::from_ref(id),
+            Members::Many(v) => v,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    fn push(&mut self, id: u32) {
+        match self {
+            Members::One(first) => *self = Members::Many(vec![*first, id]),
+            Members::Many(v) if v.is_empty() => *self = Members::One(id),
+            Members::Many(v) => v.push(id),
+        }
+    }
+
+    /// Removes the id at `pos`, moving the last one into its place (`Vec::swap_remove`).
+    fn swap_remove(&mut self, pos: usize) {
+        match self {
+            Members::One(_) => *self = Members::Many(Vec::new()),
+            Members::Many(v) => {
+                v.swap_remove(pos);
+            }
+        }
+    }
 }
 
 /// What a writer needs to create a series.
@@ -340,7 +416,7 @@ struct NewSeries<'a> {
 }
 
 struct Registry {
-    families: BTreeMap<Arc<str>, Family>,
+    families: BTreeMap<Box<str>, Family>,
     index: HashTable<u32>,
     series: Vec<SeriesMeta>,
     free_ids: Vec<u32>,
@@ -348,7 +424,7 @@ struct Registry {
     next_word: u32,
     /// Live + retiring series (the ones counted against limits).
     count: usize,
-    retiring: Vec<u32>,
+    retiring: Vec<Mark>,
     last_limit_log: Option<std::time::Instant>,
 }
 
@@ -440,9 +516,12 @@ impl Store {
             shard,
             live,
             snap,
-            cache: HashMap::with_hasher(ahash::RandomState::new()),
+            cache: Cache::new(),
             key: Vec::with_capacity(256),
             line_key: Vec::with_capacity(256),
+            has_line_key: false,
+            pending: None,
+            pending_key: Vec::with_capacity(256),
             line_samples: 0,
             line_kind: MetricType::Counter,
             line_rate: 1.0,
@@ -495,10 +574,10 @@ impl Store {
             if meta.layout != n.layout {
                 return Err(Refusal::Conflict);
             }
-            if let State::Retiring { .. } = meta.state {
+            if meta.state == State::Retiring {
                 // A lookup of a retiring series brings it back; it was never unexported data.
                 meta.state = State::Live;
-                let pos = reg.retiring.iter().position(|&r| r == id);
+                let pos = reg.retiring.iter().position(|r| r.id == id);
                 if let Some(p) = pos {
                     reg.retiring.swap_remove(p);
                 }
@@ -544,17 +623,27 @@ impl Store {
                 o
             }
         };
-        let fam_name: Arc<str> = match reg.families.get_key_value(n.family) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(n.family),
+        if !reg.families.contains_key(n.family) {
+            reg.families.insert(
+                Box::from(n.family),
+                Family {
+                    kind: n.kind,
+                    extra: (n.help.is_some() || n.buckets.is_some() || !n.window.is_zero()).then(
+                        || {
+                            Box::new(FamilyExtra {
+                                help: n.help.clone(),
+                                buckets: n.buckets.clone(),
+                                window: n.window,
+                            })
+                        },
+                    ),
+                    series: Members::Many(Vec::new()),
+                },
+            );
+        }
+        let Some(family) = reg.families.get_mut(n.family) else {
+            unreachable!("inserted above")
         };
-        let family = reg.families.entry(fam_name).or_insert_with(|| Family {
-            kind: n.kind,
-            help: n.help.clone(),
-            buckets: n.buckets.clone(),
-            window: n.window,
-            series: Vec::new(),
-        });
         let meta = SeriesMeta {
             key: key.into_boxed_str(),
             offset,
@@ -608,12 +697,12 @@ impl Store {
         let mut reclaimed = 0;
         let mut i = 0;
         while i < reg.retiring.len() {
-            let id = reg.retiring[i];
+            let Mark { id, epoch, print } = reg.retiring[i];
             let meta = &reg.series[id as usize];
-            let State::Retiring { epoch, print } = meta.state else {
+            if meta.state != State::Retiring {
                 reg.retiring.swap_remove(i);
                 continue;
-            };
+            }
             if min_seen < epoch {
                 i += 1;
                 continue;
@@ -635,7 +724,7 @@ impl Store {
         let next_epoch = load_own(&self.epoch) + 1;
         let mut marked = false;
         for fam in reg.families.values() {
-            for &id in &fam.series {
+            for &id in fam.series.as_slice() {
                 let meta = &mut reg.series[id as usize];
                 let ttl = u64::from(meta.ttl);
                 if ttl == 0 || meta.state != State::Live {
@@ -649,11 +738,12 @@ impl Store {
                 if now.saturating_sub(seen) < ttl {
                     continue;
                 }
-                meta.state = State::Retiring {
+                meta.state = State::Retiring;
+                reg.retiring.push(Mark {
+                    id,
                     epoch: next_epoch,
                     print,
-                };
-                reg.retiring.push(id);
+                });
                 marked = true;
             }
         }
@@ -709,7 +799,7 @@ impl Store {
         reg.free_ids.push(id);
         if let Some(fam) = reg.families.get_mut(fam_name.as_str()) {
             fam.series.swap_remove(pos);
-            if let Some(&moved) = fam.series.get(pos) {
+            if let Some(&moved) = fam.series.as_slice().get(pos) {
                 reg.series[moved as usize].pos = pos as u32;
             }
             if fam.series.is_empty() {
@@ -762,7 +852,7 @@ impl Store {
             }
             let mut header = resuming;
             let from = if resuming { cursor.next } else { 0 };
-            for (i, &id) in fam.series.iter().enumerate().skip(from) {
+            for (i, &id) in fam.series.as_slice().iter().enumerate().skip(from) {
                 let meta = &reg.series[id as usize];
                 if meta.state != State::Live {
                     continue;
@@ -773,7 +863,7 @@ impl Store {
                     return false;
                 }
                 if !header {
-                    v.family(name, fam.kind, fam.help.as_deref());
+                    v.family(name, fam.kind, fam.help());
                     header = true;
                 }
                 let values = read_series(&shards, meta, fam, now, half, &mut words, &mut buckets);
@@ -789,7 +879,7 @@ impl Store {
 /// Where a chunked walk ([`Store::visit_some`]) resumes.
 #[derive(Debug, Default)]
 pub struct Cursor {
-    family: Option<(Arc<str>, FamilyKind)>,
+    family: Option<(Box<str>, FamilyKind)>,
     next: usize,
 }
 
@@ -798,7 +888,7 @@ pub struct Cursor {
 /// (histograms included: `x_sum` as a histogram after the histogram `x`) whose name is one of
 /// an existing histogram's suffixed names. Either would make the text parser attach one
 /// family's samples or `# TYPE` line to the other, and the whole scrape would fail.
-fn collides(families: &BTreeMap<Arc<str>, Family>, name: &str, kind: FamilyKind) -> bool {
+fn collides(families: &BTreeMap<Box<str>, Family>, name: &str, kind: FamilyKind) -> bool {
     if kind
         .suffixes()
         .iter()
@@ -883,18 +973,18 @@ fn read_series<'a>(
                 }
             }
             Values::Histogram {
-                bounds: fam.buckets.as_deref().unwrap_or(&[]),
+                bounds: fam.buckets(),
                 buckets,
                 count,
                 sum,
             }
         }
         Layout::Summary(_) => {
-            let quantiles = fam.buckets.as_deref().unwrap_or(&[]);
+            let quantiles = fam.buckets();
             let m = sketch::merge(
                 shards,
                 o,
-                half_window_index(now, fam.window),
+                half_window_index(now, fam.window()),
                 quantiles,
                 words,
             );
@@ -946,30 +1036,6 @@ fn hll_estimate(regs: &[u8]) -> f64 {
     e.round()
 }
 
-/// A worker's cached resolution of one raw key.
-///
-/// Two kinds of key map to entries (see [`Writer::line`]): a sample key (type, raw name, tag
-/// fields, container id; built by [`Writer::build_key`]) and a line key (the line's bytes
-/// without its value, behind [`LINE_KEY`]). Only a line key's entry reads `rate`: the sample
-/// rate is part of the line's bytes, so it is fixed for the key, but not for a sample key.
-#[derive(Debug)]
-enum Entry {
-    Series {
-        offset: u32,
-        layout: Layout,
-        kind: MetricType,
-        scale: f64,
-        rate: f64,
-        buckets: Option<Arc<[f64]>>,
-        tag_errors: TagErrors,
-    },
-    Refused {
-        reason: Refusal,
-        rule: usize,
-        tag_errors: TagErrors,
-    },
-}
-
 /// What a writer reads from the clock once per batch.
 #[derive(Debug, Clone, Copy)]
 struct Batch {
@@ -990,11 +1056,17 @@ pub struct Writer {
     shard: sync::Arc<Shard>,
     live: sync::Arc<Live>,
     snap: sync::Arc<Snapshot>,
-    cache: HashMap<Box<[u8]>, Entry, ahash::RandomState>,
+    cache: Cache,
     /// The last sample key built.
     key: Vec<u8>,
-    /// The current line's line key.
+    /// The current line's line key, if it has one ([`line_split`]).
     line_key: Vec<u8>,
+    has_line_key: bool,
+    /// The entry of the current line's first sample, held back from the cache until the parse
+    /// tells whether it is filed under the line key or its sample key (`pending_key`); `true`
+    /// when the sample key is not cached yet.
+    pending: Option<(Entry, bool)>,
+    pending_key: Vec<u8>,
     /// Samples the parser handed out for the current line, and the last one's type and rate.
     line_samples: u32,
     line_kind: MetricType,
@@ -1038,44 +1110,24 @@ impl Stats {
 /// Counts a resolved sample's outcome and, for a series, adds it to the shard.
 #[inline]
 fn settle(
-    e: &Entry,
+    h: &Hit<'_>,
     shard: &Shard,
     batch: &Batch,
     stats: &mut Stats,
     s: &Sample<'_>,
     counted: bool,
 ) {
-    match e {
-        Entry::Series {
-            offset,
-            layout,
-            scale,
-            buckets,
-            tag_errors,
-            ..
-        } => {
-            stats.tag_errors(*tag_errors);
+    if let Some(t) = h.tag_errors {
+        stats.tag_errors(*t);
+    }
+    match h.target {
+        Target::Series { offset, layout } => {
             if counted {
                 stats.samples[Stats::sample_kind_index(s.kind)] += 1;
             }
-            apply(
-                shard,
-                batch,
-                s,
-                *offset,
-                *layout,
-                *scale,
-                buckets.as_deref(),
-            );
+            apply(shard, batch, s, offset, layout, h.scale, h.buckets);
         }
-        Entry::Refused {
-            reason,
-            rule,
-            tag_errors,
-        } => {
-            stats.tag_errors(*tag_errors);
-            stats.refusal(*reason, *rule);
-        }
+        Target::Refused { reason, rule } => stats.refusal(reason, rule),
     }
 }
 
@@ -1180,7 +1232,7 @@ impl Writer {
             .max_series
             .saturating_mul(2)
             .max(1024);
-        if self.cache.len() > cap {
+        if self.cache.len() > cap || self.cache.key_bytes() > CACHE_KEY_BYTES {
             self.cache.clear();
         }
     }
@@ -1218,17 +1270,18 @@ impl Writer {
     pub fn line(&mut self, line: &[u8]) {
         self.stats.lines += 1;
         let split = line_split(line);
+        self.has_line_key = split.is_some();
         if let Some((colon, bar)) = split {
             self.line_key.clear();
             self.line_key.push(LINE_KEY);
             self.line_key.extend_from_slice(&line[..=colon]);
             self.line_key.extend_from_slice(&line[bar..]);
-            if let Some(e @ Entry::Series { kind, rate, .. }) =
-                self.cache.get(self.line_key.as_slice())
-                && let Some(s) = quick_sample(&line[colon + 1..bar], *kind, *rate)
+            if let Some(h) = self.cache.get(self.line_key.as_slice())
+                && let Target::Series { .. } = h.target
+                && let Some(s) = quick_sample(&line[colon + 1..bar], h.kind, h.rate)
             {
                 self.stats.cache_hits += 1;
-                settle(e, &self.shard, &self.batch, &mut self.stats, &s, true);
+                settle(&h, &self.shard, &self.batch, &mut self.stats, &s, true);
                 return;
             }
         }
@@ -1236,34 +1289,35 @@ impl Writer {
         let opts = parse::ParseOptions {
             dogstatsd_tags: self.snap.config.parse.dogstatsd_tags,
         };
-        match parse::parse_line(line, &opts, &mut |s| self.record(s)) {
-            Ok(Parsed::Metric(info)) => {
-                if split.is_some() && self.line_samples == 1 && info == LineInfo::default() {
-                    self.file_under_line_key();
-                }
-                self.line_info(info)
-            }
+        let parsed = parse::parse_line(line, &opts, &mut |s| self.record(s));
+        let one_plain_sample = matches!(parsed, Ok(Parsed::Metric(info)) if info == LineInfo::default())
+            && self.line_samples == 1;
+        self.file_pending(one_plain_sample);
+        self.has_line_key = false;
+        match parsed {
+            Ok(Parsed::Metric(info)) => self.line_info(info),
             Ok(Parsed::Special(sp)) => self.special(&sp),
             Err(e) => self.stats.parse_errors[e.index()] += 1,
         }
     }
 
-    /// Moves the entry the line's one sample left under its sample key to the line key (moved,
-    /// not copied: one entry per series per writer), with the line's type and rate.
-    fn file_under_line_key(&mut self) {
-        let movable = matches!(
-            self.cache.get(self.key.as_slice()),
-            Some(Entry::Series { layout, .. }) if *layout != Layout::Set
-        );
-        if !movable {
+    /// Files the held-back entry of the line's first sample: under the line key when the line
+    /// was one plain sample of a series other than a set, else under its sample key (if that
+    /// is not cached yet). One entry per series per writer in the common case.
+    fn file_pending(&mut self, line_key: bool) {
+        let Some((mut e, new)) = self.pending.take() else {
             return;
-        }
-        if let Some(mut e) = self.cache.remove(self.key.as_slice()) {
-            if let Entry::Series { kind, rate, .. } = &mut e {
+        };
+        match &mut e {
+            Entry::Series {
+                layout, kind, rate, ..
+            } if line_key && *layout != Layout::Set => {
                 *kind = self.line_kind;
                 *rate = self.line_rate;
+                self.cache.insert(&self.line_key, e);
             }
-            self.cache.insert(self.line_key.as_slice().into(), e);
+            _ if new => self.cache.insert(&self.pending_key, e),
+            _ => {}
         }
     }
 
@@ -1287,36 +1341,58 @@ impl Writer {
     }
 
     /// Looks the built key up in the cache, resolving and caching it on a miss, and settles
-    /// the sample. The hit path clones nothing and takes no lock.
+    /// the sample. The hit path clones nothing and takes no lock. The first sample of a line
+    /// that has a line key is held back ([`Writer::file_pending`]) instead of cached.
     fn settle_key(
         &mut self,
         s: &Sample<'_>,
         counted: bool,
         resolve: impl FnOnce(&mut Self) -> Entry,
     ) {
-        if let Some(e) = self.cache.get(self.key.as_slice()) {
+        let hold = self.has_line_key && self.line_samples == 1 && counted;
+        if let Some(h) = self.cache.get(self.key.as_slice()) {
             self.stats.cache_hits += 1;
-            settle(e, &self.shard, &self.batch, &mut self.stats, s, counted);
+            settle(&h, &self.shard, &self.batch, &mut self.stats, s, counted);
+            if hold {
+                self.pending = Some((h.to_entry(), false));
+            }
             return;
         }
         self.stats.cache_misses += 1;
         let e = resolve(self);
-        settle(&e, &self.shard, &self.batch, &mut self.stats, s, counted);
+        settle(
+            &e.hit(),
+            &self.shard,
+            &self.batch,
+            &mut self.stats,
+            s,
+            counted,
+        );
         // Limit refusals are not cached: the limit may free up, and an attacker's unique
         // names must not grow the cache.
-        if !matches!(
+        if matches!(
             e,
             Entry::Refused {
                 reason: Refusal::MaxSeries | Refusal::MaxSeriesPerMetric,
                 ..
             }
         ) {
-            self.cache.insert(self.key.as_slice().into(), e);
+            return;
+        }
+        if hold {
+            self.pending_key.clone_from(&self.key);
+            self.pending = Some((e, true));
+        } else {
+            self.cache.insert(&self.key, e);
         }
     }
 
     /// Aggregates one parsed sample.
     pub fn record(&mut self, s: &Sample<'_>) {
+        if self.line_samples == 1 {
+            // A second sample: the line is not one sample, and this one may share the key.
+            self.file_pending(false);
+        }
         self.line_samples += 1;
         self.line_kind = s.kind;
         self.line_rate = s.rate;
@@ -1565,6 +1641,9 @@ impl Writer {
         });
     }
 }
+
+/// A writer empties its cache when the keys in it pass this many bytes.
+const CACHE_KEY_BYTES: usize = 256 << 20;
 
 /// The first byte of a line key; a sample key starts with its type (below 16), an event's or
 /// service check's with `E` or `S`.

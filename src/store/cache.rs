@@ -1,0 +1,347 @@
+//! A writer's cache of resolved raw keys (see [`super::Writer`]), laid out for memory: every
+//! worker keeps an entry for every series it has seen, so the entry is most of what a series
+//! costs per worker.
+//!
+//! The table holds 16-byte slots (hashbrown's `HashTable`, one control byte each); the keys'
+//! bytes sit back to back in one arena (no allocation, no allocator header per key); a plain
+//! entry (a counter, gauge or set series with scale and rate 1, no bucket bounds, no tag
+//! errors: the common case) lives in its slot, any other in a side vector. Nothing is removed
+//! one by one: a writer empties the whole cache (config swap, store epoch, size caps), which
+//! resets all three. Looked up from one thread only.
+
+use std::sync::Arc;
+
+use hashbrown::HashTable;
+
+use super::names::TagErrors;
+use super::{Layout, Refusal};
+use crate::parse::MetricType;
+
+/// A worker's cached resolution of one raw key.
+///
+/// Two kinds of key map to entries (see [`super::Writer::line`]): a sample key (type, raw
+/// name, tag fields, container id) and a line key (the line's bytes without its value). Only a
+/// line key's entry reads `rate`: the sample rate is part of the line's bytes, so it is fixed
+/// for the key, but not for a sample key.
+#[derive(Debug)]
+pub(super) enum Entry {
+    Series {
+        offset: u32,
+        layout: Layout,
+        kind: MetricType,
+        scale: f64,
+        rate: f64,
+        buckets: Option<Arc<[f64]>>,
+        tag_errors: TagErrors,
+    },
+    Refused {
+        reason: Refusal,
+        rule: usize,
+        tag_errors: TagErrors,
+    },
+}
+
+/// What a lookup found, borrowed from the cache.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Hit<'a> {
+    pub target: Target,
+    /// The sample's type and rate (read for line keys only).
+    pub kind: MetricType,
+    pub rate: f64,
+    pub scale: f64,
+    pub buckets: Option<&'a [f64]>,
+    pub tag_errors: Option<&'a TagErrors>,
+}
+
+/// Where a hit's samples go.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Target {
+    Series { offset: u32, layout: Layout },
+    Refused { reason: Refusal, rule: usize },
+}
+
+impl Hit<'_> {
+    /// The entry this hit was read from (the bucket bounds copied: only on a cache miss of
+    /// another key for the same series).
+    pub fn to_entry(self) -> Entry {
+        let tag_errors = self.tag_errors.copied().unwrap_or_default();
+        match self.target {
+            Target::Series { offset, layout } => Entry::Series {
+                offset,
+                layout,
+                kind: self.kind,
+                scale: self.scale,
+                rate: self.rate,
+                buckets: self.buckets.map(Arc::from),
+                tag_errors,
+            },
+            Target::Refused { reason, rule } => Entry::Refused {
+                reason,
+                rule,
+                tag_errors,
+            },
+        }
+    }
+}
+
+impl Entry {
+    pub fn hit(&self) -> Hit<'_> {
+        match self {
+            Entry::Series {
+                offset,
+                layout,
+                kind,
+                scale,
+                rate,
+                buckets,
+                tag_errors,
+            } => Hit {
+                target: Target::Series {
+                    offset: *offset,
+                    layout: *layout,
+                },
+                kind: *kind,
+                rate: *rate,
+                scale: *scale,
+                buckets: buckets.as_deref(),
+                tag_errors: (!tag_errors.is_empty()).then_some(tag_errors),
+            },
+            Entry::Refused {
+                reason,
+                rule,
+                tag_errors,
+            } => Hit {
+                target: Target::Refused {
+                    reason: *reason,
+                    rule: *rule,
+                },
+                kind: MetricType::Counter,
+                rate: 1.0,
+                scale: 1.0,
+                buckets: None,
+                tag_errors: (!tag_errors.is_empty()).then_some(tag_errors),
+            },
+        }
+    }
+
+    /// The slot bits of a plain entry (`kind | layout << 8`), or `None`.
+    fn plain(&self) -> Option<u32> {
+        let Entry::Series {
+            layout,
+            kind,
+            scale,
+            rate,
+            buckets: None,
+            tag_errors,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let code = match layout {
+            Layout::Counter => 0,
+            Layout::Gauge => 1,
+            Layout::Set => 2,
+            _ => return None,
+        };
+        (*scale == 1.0 && *rate == 1.0 && tag_errors.is_empty()).then_some(*kind as u32 | code << 8)
+    }
+}
+
+/// Slot bits of an entry kept in the side vector.
+const FAT: u32 = u32::MAX;
+
+const KINDS: [MetricType; 6] = [
+    MetricType::Counter,
+    MetricType::Gauge,
+    MetricType::Timer,
+    MetricType::Histogram,
+    MetricType::Distribution,
+    MetricType::Set,
+];
+
+/// One table slot: where the key's bytes are, and the entry (plain) or its index (fat).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    key_at: u32,
+    key_len: u32,
+    /// A plain entry's series offset, or a fat entry's index.
+    value: u32,
+    /// `kind | layout << 8` for a plain entry, [`FAT`] otherwise.
+    bits: u32,
+}
+
+/// See the module doc.
+pub(super) struct Cache {
+    table: HashTable<Slot>,
+    keys: Vec<u8>,
+    fat: Vec<Entry>,
+    hasher: ahash::RandomState,
+}
+
+impl Cache {
+    pub fn new() -> Self {
+        Self {
+            table: HashTable::new(),
+            keys: Vec::new(),
+            fat: Vec::new(),
+            hasher: ahash::RandomState::new(),
+        }
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Bytes of key held in the arena.
+    pub fn key_bytes(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Empties the cache, keeping no memory beyond the table's and arena's capacity.
+    pub fn clear(&mut self) {
+        self.table.clear();
+        self.keys.clear();
+        self.fat.clear();
+    }
+
+    #[inline]
+    pub fn get(&self, key: &[u8]) -> Option<Hit<'_>> {
+        let hash = self.hasher.hash_one(key);
+        let keys = &self.keys;
+        let slot = self.table.find(hash, |s| {
+            s.key_len as usize == key.len() && &keys[s.key_at as usize..][..key.len()] == key
+        })?;
+        if slot.bits == FAT {
+            return Some(self.fat[slot.value as usize].hit());
+        }
+        Some(Hit {
+            target: Target::Series {
+                offset: slot.value,
+                layout: match slot.bits >> 8 {
+                    0 => Layout::Counter,
+                    1 => Layout::Gauge,
+                    _ => Layout::Set,
+                },
+            },
+            kind: KINDS[(slot.bits & 0xff) as usize],
+            rate: 1.0,
+            scale: 1.0,
+            buckets: None,
+            tag_errors: None,
+        })
+    }
+
+    /// Files `entry` under `key`, which must not be in the cache. A key the arena cannot
+    /// address (past 4 GiB of keys) is not cached; the caller's size caps clear the cache long
+    /// before that.
+    pub fn insert(&mut self, key: &[u8], entry: Entry) {
+        let (Ok(key_at), Ok(key_len)) = (u32::try_from(self.keys.len()), u32::try_from(key.len()))
+        else {
+            return;
+        };
+        if key_at.checked_add(key_len).is_none() {
+            return;
+        }
+        let (value, bits) = match entry.plain() {
+            Some(bits) => match entry {
+                Entry::Series { offset, .. } => (offset, bits),
+                Entry::Refused { .. } => unreachable!("plain() is Some only for a series"),
+            },
+            None => {
+                self.fat.push(entry);
+                ((self.fat.len() - 1) as u32, FAT)
+            }
+        };
+        self.keys.extend_from_slice(key);
+        let hash = self.hasher.hash_one(key);
+        let (keys, hasher) = (&self.keys, &self.hasher);
+        self.table.insert_unique(
+            hash,
+            Slot {
+                key_at,
+                key_len,
+                value,
+                bits,
+            },
+            |s| hasher.hash_one(&keys[s.key_at as usize..][..s.key_len as usize]),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(offset: u32, layout: Layout, kind: MetricType, scale: f64) -> Entry {
+        Entry::Series {
+            offset,
+            layout,
+            kind,
+            scale,
+            rate: 1.0,
+            buckets: None,
+            tag_errors: TagErrors::default(),
+        }
+    }
+
+    #[test]
+    fn plain_and_fat_entries_read_back_as_filed() {
+        let mut c = Cache::new();
+        c.insert(b"a", series(7, Layout::Gauge, MetricType::Gauge, 1.0));
+        c.insert(b"ab", series(9, Layout::Counter, MetricType::Timer, 0.001));
+        let mut errors = TagErrors::default();
+        errors.add(super::super::names::TagError::EmptyKey);
+        c.insert(
+            b"abc",
+            Entry::Refused {
+                reason: Refusal::Conflict,
+                rule: 3,
+                tag_errors: errors,
+            },
+        );
+        assert_eq!(c.len(), 3);
+        let a = c.get(b"a").unwrap();
+        assert_eq!(
+            a.target,
+            Target::Series {
+                offset: 7,
+                layout: Layout::Gauge
+            }
+        );
+        assert_eq!((a.kind, a.scale, a.rate), (MetricType::Gauge, 1.0, 1.0));
+        let ab = c.get(b"ab").unwrap();
+        assert_eq!((ab.kind, ab.scale), (MetricType::Timer, 0.001));
+        let abc = c.get(b"abc").unwrap();
+        assert_eq!(
+            abc.target,
+            Target::Refused {
+                reason: Refusal::Conflict,
+                rule: 3
+            }
+        );
+        assert_eq!(abc.tag_errors, Some(&errors));
+        assert!(c.get(b"abcd").is_none() && c.get(b"b").is_none());
+        // Growth rehashes from the arena.
+        for i in 0..10_000u32 {
+            c.insert(
+                format!("k{i}").as_bytes(),
+                series(i, Layout::Counter, MetricType::Counter, 1.0),
+            );
+        }
+        for i in (0..10_000u32).step_by(97) {
+            let h = c.get(format!("k{i}").as_bytes()).unwrap();
+            assert_eq!(
+                h.target,
+                Target::Series {
+                    offset: i,
+                    layout: Layout::Counter
+                }
+            );
+        }
+        c.clear();
+        assert_eq!((c.len(), c.key_bytes()), (0, 0));
+        assert!(c.get(b"a").is_none());
+    }
+}
