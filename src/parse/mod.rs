@@ -468,6 +468,15 @@ pub fn parse_value(raw: &str) -> Result<f64, ParseError> {
         Some(c) if c.is_ascii_digit() || *c == b'.' => {}
         _ => return Err(ParseError::InvalidValue),
     }
+    // Most values are small integers ("1"): up to 15 digits the integer is exact in an f64
+    // and equals what the decimal parser returns (sign, and so -0, included).
+    if digits.len() <= 15 && digits.iter().all(u8::is_ascii_digit) {
+        let n = digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        let v = n as f64;
+        return Ok(if b[0] == b'-' { -v } else { v });
+    }
     match raw.parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(v),
         _ => Err(ParseError::InvalidValue),
@@ -635,6 +644,31 @@ mod tests {
         assert_eq!((s[1].1, s[1].2), (MetricType::Timer, 200.0));
         let s = samples("foo:1|c|#a:1|#b:2").unwrap();
         assert_eq!(s[0].5, vec!["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn integer_values_parse_as_the_decimal_parser_does() {
+        let mut cases: Vec<String> = ["0", "-0", "+0", "007", "999999999999999", "1", "-1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let digits = (x % 15 + 1) as usize;
+            let n = x % 10u64.pow(digits as u32);
+            let sign = ["", "+", "-"][(x % 3) as usize];
+            cases.push(format!("{sign}{n:0digits$}"));
+        }
+        for c in &cases {
+            let want: f64 = c.parse().unwrap();
+            let got = parse_value(c).unwrap();
+            assert_eq!(got.to_bits(), want.to_bits(), "{c}");
+        }
+        // Longer ones take the decimal parser.
+        assert_eq!(parse_value("1234567890123456789").unwrap(), 1234567890123456789.0);
     }
 
     #[test]
