@@ -71,6 +71,58 @@ pub fn run(args: &BlastArgs) -> std::io::Result<(Sent, Duration)> {
     Ok((total, start.elapsed()))
 }
 
+/// Datagrams per `sendmmsg` call.
+const BATCH: usize = 32;
+
+/// Lines are prepared once when there are at most this many distinct ones.
+const TABLE_LINES: u64 = 1 << 20;
+
+/// The `n`th line of the stream: `<prefix>.<n % names>:1|c`, with `tags` tags whose values
+/// cycle through four per name.
+fn write_line(a: &BlastArgs, n: u64, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    let names = a.names.max(1);
+    let _ = write!(out, "{}.{}:1|c", a.prefix, n % names);
+    if a.tags > 0 {
+        out.extend_from_slice(b"|#");
+        for t in 0..a.tags {
+            if t > 0 {
+                out.push(b',');
+            }
+            let _ = write!(out, "k{t}:v{}", (n / names) % 4);
+        }
+    }
+}
+
+/// The stream's distinct lines, prepared once (the line of `n` depends on `n` modulo
+/// `names`, times 4 with tags), so sending costs no formatting.
+struct Lines {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Lines {
+    fn new(a: &BlastArgs) -> Option<Self> {
+        let period = a.names.max(1) * if a.tags > 0 { 4 } else { 1 };
+        if period > TABLE_LINES {
+            return None;
+        }
+        let mut bytes = Vec::new();
+        let mut ends = Vec::with_capacity(period as usize);
+        for n in 0..period {
+            write_line(a, n, &mut bytes);
+            ends.push(bytes.len());
+        }
+        Some(Self { bytes, ends })
+    }
+
+    fn get(&self, n: u64) -> &[u8] {
+        let i = (n % self.ends.len() as u64) as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+}
+
 fn sender(a: &BlastArgs, idx: u32, of: u32) -> std::io::Result<Sent> {
     let bind: SocketAddr = if a.target.is_ipv4() {
         "0.0.0.0:0"
@@ -87,64 +139,96 @@ fn sender(a: &BlastArgs, idx: u32, of: u32) -> std::io::Result<Sent> {
         a.count / u64::from(of) + u64::from(u64::from(idx) < a.count % u64::from(of))
     };
     let my_rate = a.rate / u64::from(of);
+    // Paced, a batch holds at most a millisecond's worth of lines.
+    let batch_lines = if my_rate > 0 {
+        (my_rate / 1000).max(1)
+    } else {
+        u64::MAX
+    };
+    let table = Lines::new(a);
     let start = Instant::now();
     let mut sent = Sent::default();
-    let mut buf = Vec::with_capacity(a.packed.max(512));
+    // Complete datagrams back to back in `out`, the `i`th ending at `ends[i].0` with
+    // `ends[i].1` lines; after the last, the datagram being filled (`filling` lines).
+    let mut out = Vec::with_capacity(BATCH * a.packed.max(512));
+    let mut ends: Vec<(usize, u64)> = Vec::with_capacity(BATCH);
     let mut line = Vec::with_capacity(256);
     let mut n: u64 = u64::from(idx);
-    let mut pending = 0u64;
-    let flush = |buf: &mut Vec<u8>, pending: &mut u64, sent: &mut Sent| {
-        if buf.is_empty() {
-            return;
-        }
-        match sock.send(buf) {
-            Ok(_) => {
-                sent.datagrams += 1;
-                sent.lines += *pending;
-            }
-            Err(_) => sent.send_errors += 1,
-        }
-        buf.clear();
-        *pending = 0;
-    };
-    while sent.lines + pending < my_count && start.elapsed() < a.duration {
-        line.clear();
-        use std::io::Write as _;
-        let _ = write!(line, "{}.{}:1|c", a.prefix, n % a.names.max(1));
-        if a.tags > 0 {
-            line.extend_from_slice(b"|#");
-            for t in 0..a.tags {
-                if t > 0 {
-                    line.push(b',');
+    let (mut produced, mut filling, mut since_send) = (0u64, 0u64, 0u64);
+    loop {
+        let timed_out = start.elapsed() >= a.duration;
+        while !timed_out && ends.len() < BATCH && produced < my_count && since_send < batch_lines {
+            line.clear();
+            let l: &[u8] = match &table {
+                Some(t) => t.get(n),
+                None => {
+                    write_line(a, n, &mut line);
+                    &line
                 }
-                let _ = write!(line, "k{t}:v{}", (n / a.names.max(1)) % 4);
+            };
+            let at = ends.last().map_or(0, |e| e.0);
+            if a.packed > 0 && filling > 0 && out.len() - at + 1 + l.len() > a.packed {
+                ends.push((out.len(), filling));
+                filling = 0;
+                if ends.len() == BATCH {
+                    break;
+                }
+            }
+            if filling > 0 {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(l);
+            (filling, produced, since_send, n) =
+                (filling + 1, produced + 1, since_send + 1, n + u64::from(of));
+            if a.packed == 0 {
+                ends.push((out.len(), 1));
+                filling = 0;
             }
         }
-        n += u64::from(of);
-        if a.packed == 0 {
-            buf.extend_from_slice(&line);
-            pending = 1;
-            flush(&mut buf, &mut pending, &mut sent);
-        } else {
-            if !buf.is_empty() && buf.len() + 1 + line.len() > a.packed {
-                flush(&mut buf, &mut pending, &mut sent);
+        let finished = timed_out || produced >= my_count;
+        // The datagram being filled goes out now if it is the last, or the only one.
+        if filling > 0 && (finished || ends.is_empty()) {
+            ends.push((out.len(), filling));
+            filling = 0;
+        }
+        if let Some(&(last, _)) = ends.last() {
+            let mut from = 0;
+            let mut slices: Vec<&[u8]> = Vec::with_capacity(ends.len());
+            for &(end, _) in &ends {
+                slices.push(&out[from..end]);
+                from = end;
             }
-            if !buf.is_empty() {
-                buf.push(b'\n');
+            let mut i = 0;
+            while i < slices.len() {
+                match crate::ingest::sys::send_batch(&sock, &slices[i..]) {
+                    Ok(k) if k > 0 => {
+                        sent.datagrams += k as u64;
+                        sent.lines += ends[i..i + k].iter().map(|e| e.1).sum::<u64>();
+                        i += k;
+                    }
+                    _ => {
+                        // Refused by the local kernel (ENOBUFS and the like): counted.
+                        sent.send_errors += 1;
+                        i += 1;
+                    }
+                }
             }
-            buf.extend_from_slice(&line);
-            pending += 1;
+            drop(slices);
+            out.drain(..last);
+            ends.clear();
+            since_send = filling;
+        }
+        if finished {
+            break;
         }
         if my_rate > 0 {
             // Pace: never ahead of the schedule by more than a millisecond's worth.
-            let due = Duration::from_secs_f64((sent.lines + pending) as f64 / my_rate as f64);
+            let due = Duration::from_secs_f64(produced as f64 / my_rate as f64);
             let el = start.elapsed();
-            if due > el + Duration::from_millis(1) {
-                flush(&mut buf, &mut pending, &mut sent);
+            if due > el {
                 std::thread::sleep(due - el);
             }
         }
     }
-    flush(&mut buf, &mut pending, &mut sent);
     Ok(sent)
 }

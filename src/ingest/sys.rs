@@ -1,8 +1,41 @@
-//! The one module with `unsafe`: batched `recvmmsg`, `SO_MEMINFO`, `SO_RCVBUFFORCE`, and
-//! adopting sockets passed by systemd.
+//! The one module with `unsafe`: batched `recvmmsg` (and `sendmmsg`, for `tallyd blast`),
+//! `SO_MEMINFO`, `SO_RCVBUFFORCE`, and adopting sockets passed by systemd.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Sends each of `datagrams` as one datagram on the connected socket `fd`, in one `sendmmsg`
+/// call. Returns how many went out (always a prefix; the kernel stops at the first failure,
+/// which the next call then reports).
+pub fn send_batch(fd: &impl AsRawFd, datagrams: &[&[u8]]) -> io::Result<usize> {
+    let mut iovecs: Vec<libc::iovec> = datagrams
+        .iter()
+        .map(|d| libc::iovec {
+            iov_base: d.as_ptr().cast_mut().cast(),
+            iov_len: d.len(),
+        })
+        .collect();
+    let mut headers: Vec<libc::mmsghdr> = iovecs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: mmsghdr is a plain C struct for which all-zero is a valid value.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect();
+    let len = u32::try_from(headers.len()).unwrap_or(u32::MAX);
+    // SAFETY: `headers` holds `len` valid mmsghdr whose single iovecs point into the
+    // caller's slices, all alive and unmoved for this call; the kernel only reads them (it
+    // writes `msg_len`, inside `headers`). No address: the socket is connected.
+    let n = unsafe { libc::sendmmsg(fd.as_raw_fd(), headers.as_mut_ptr(), len, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
 
 /// Reused buffers and headers for one `recvmmsg` call of up to `batch` datagrams.
 pub struct MmsgBuffers {

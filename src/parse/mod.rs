@@ -668,7 +668,10 @@ mod tests {
             assert_eq!(got.to_bits(), want.to_bits(), "{c}");
         }
         // Longer ones take the decimal parser.
-        assert_eq!(parse_value("1234567890123456789").unwrap(), 1234567890123456789.0);
+        assert_eq!(
+            parse_value("1234567890123456789").unwrap(),
+            1234567890123456789.0
+        );
     }
 
     #[test]
