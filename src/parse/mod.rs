@@ -251,13 +251,21 @@ impl Default for ParseOptions {
 
 /// Splits a datagram into lines: `\n`-separated, a trailing `\r` stripped, empty lines skipped.
 ///
-/// The `\n`s are found with memchr: a byte-by-byte `split` was an eighth of the hot path.
+/// The `\n`s are found with a plain loop over a line's first 48 bytes, then memchr: StatsD
+/// lines are short, and a `split` by closure was an eighth of the hot path, a memchr call per
+/// line still a twentieth.
 pub fn lines(datagram: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = Some(datagram);
     std::iter::from_fn(move || {
         loop {
             let r = rest?;
-            let line = match memchr(b'\n', r) {
+            let head = &r[..r.len().min(48)];
+            let at = match head.iter().position(|&c| c == b'\n') {
+                Some(i) => Some(i),
+                None if r.len() > 48 => memchr(b'\n', &r[48..]).map(|i| i + 48),
+                None => None,
+            };
+            let line = match at {
                 Some(i) => {
                     rest = Some(&r[i + 1..]);
                     &r[..i]
@@ -457,7 +465,11 @@ fn split_ascii(s: &str, sep: u8) -> impl Iterator<Item = &str> {
 /// A decimal number: optional sign, digits, optional fraction, optional exponent. Hex, `_`,
 /// `NaN`, `Inf` and overflow are refused.
 pub fn parse_value(raw: &str) -> Result<f64, ParseError> {
-    let b = raw.as_bytes();
+    parse_value_bytes(raw.as_bytes())
+}
+
+/// [`parse_value`] on bytes (not UTF-8 checked first: a value is ASCII or invalid).
+pub fn parse_value_bytes(b: &[u8]) -> Result<f64, ParseError> {
     let digits = match b.first() {
         Some(b'+' | b'-') => &b[1..],
         _ => b,
@@ -477,8 +489,8 @@ pub fn parse_value(raw: &str) -> Result<f64, ParseError> {
         let v = n as f64;
         return Ok(if b[0] == b'-' { -v } else { v });
     }
-    match raw.parse::<f64>() {
-        Ok(v) if v.is_finite() => Ok(v),
+    match std::str::from_utf8(b).map(str::parse::<f64>) {
+        Ok(Ok(v)) if v.is_finite() => Ok(v),
         _ => Err(ParseError::InvalidValue),
     }
 }
@@ -688,6 +700,24 @@ mod tests {
     fn lines_split_crlf_and_empties() {
         let got: Vec<_> = lines(b"a:1|c\r\n\nb:2|c\n").collect();
         assert_eq!(got, vec![&b"a:1|c"[..], &b"b:2|c"[..]]);
+        // Lines on both sides of the 48-byte scan, against the plain split.
+        for len in [0, 1, 47, 48, 49, 50, 200] {
+            for lines_n in 1..4 {
+                let line = "x".repeat(len);
+                let d = vec![line.as_str(); lines_n].join("\r\n") + "\n\n";
+                let want: Vec<&[u8]> = d
+                    .as_bytes()
+                    .split(|&b| b == b'\n')
+                    .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                assert_eq!(
+                    lines(d.as_bytes()).collect::<Vec<_>>(),
+                    want,
+                    "{len} x {lines_n}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -11,6 +11,8 @@
 
 use std::sync::Arc;
 
+use std::hash::{BuildHasher as _, Hasher as _};
+
 use hashbrown::HashTable;
 
 use super::names::TagErrors;
@@ -148,6 +150,10 @@ impl Entry {
     }
 }
 
+/// The first byte of a line key; a sample key starts with its type (below 16), an event's or
+/// service check's with `E` or `S`.
+pub(super) const LINE_KEY: u8 = 0x80;
+
 /// Slot bits of an entry kept in the side vector.
 const FAT: u32 = u32::MAX;
 
@@ -206,17 +212,68 @@ impl Cache {
         self.fat.clear();
     }
 
+    /// A key's hash, from its pieces: the first byte, then for a line key the bytes up to and
+    /// including the first `:` (the name) and the rest, for any other key the rest. A line
+    /// key is thus looked up from the line's own bytes ([`Cache::get_line`]), never copied.
+    #[inline]
+    fn hash(&self, tag: u8, a: &[u8], b: &[u8]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write_u8(tag);
+        h.write(a);
+        h.write(b);
+        h.finish()
+    }
+
+    fn hash_key(&self, key: &[u8]) -> u64 {
+        match key.split_first() {
+            Some((&LINE_KEY, rest)) => {
+                let at = rest
+                    .iter()
+                    .position(|&c| c == b':')
+                    .map_or(rest.len(), |i| i + 1);
+                self.hash(LINE_KEY, &rest[..at], &rest[at..])
+            }
+            Some((&tag, rest)) => self.hash(tag, rest, &[]),
+            None => self.hash(0, &[], &[]),
+        }
+    }
+
+    /// Looks up a sample key (or any key, whole).
     #[inline]
     pub fn get(&self, key: &[u8]) -> Option<Hit<'_>> {
-        let hash = self.hasher.hash_one(key);
         let keys = &self.keys;
-        let slot = self.table.find(hash, |s| {
+        let slot = self.table.find(self.hash_key(key), |s| {
             s.key_len as usize == key.len() && &keys[s.key_at as usize..][..key.len()] == key
         })?;
+        Some(self.read(slot))
+    }
+
+    /// Looks up the line key `LINE_KEY, name_colon, tail` (`name_colon` ends at the line's
+    /// first `:`, `tail` is the line from the `|` after the value).
+    #[inline]
+    pub fn get_line(&self, name_colon: &[u8], tail: &[u8]) -> Option<Hit<'_>> {
+        let keys = &self.keys;
+        let len = 1 + name_colon.len() + tail.len();
+        let slot = self
+            .table
+            .find(self.hash(LINE_KEY, name_colon, tail), |s| {
+                if s.key_len as usize != len {
+                    return false;
+                }
+                let k = &keys[s.key_at as usize..][..len];
+                k[0] == LINE_KEY
+                    && &k[1..1 + name_colon.len()] == name_colon
+                    && &k[1 + name_colon.len()..] == tail
+            })?;
+        Some(self.read(slot))
+    }
+
+    #[inline]
+    fn read(&self, slot: &Slot) -> Hit<'_> {
         if slot.bits == FAT {
-            return Some(self.fat[slot.value as usize].hit());
+            return self.fat[slot.value as usize].hit();
         }
-        Some(Hit {
+        Hit {
             target: Target::Series {
                 offset: slot.value,
                 layout: match slot.bits >> 8 {
@@ -230,7 +287,7 @@ impl Cache {
             scale: 1.0,
             buckets: None,
             tag_errors: None,
-        })
+        }
     }
 
     /// Files `entry` under `key`, which must not be in the cache. A key the arena cannot
@@ -255,9 +312,9 @@ impl Cache {
             }
         };
         self.keys.extend_from_slice(key);
-        let hash = self.hasher.hash_one(key);
-        let (keys, hasher) = (&self.keys, &self.hasher);
-        self.table.insert_unique(
+        let hash = self.hash_key(key);
+        let mut table = std::mem::take(&mut self.table);
+        table.insert_unique(
             hash,
             Slot {
                 key_at,
@@ -265,8 +322,9 @@ impl Cache {
                 value,
                 bits,
             },
-            |s| hasher.hash_one(&keys[s.key_at as usize..][..s.key_len as usize]),
+            |s| self.hash_key(&self.keys[s.key_at as usize..][..s.key_len as usize]),
         );
+        self.table = table;
     }
 }
 
@@ -340,6 +398,23 @@ mod tests {
                 }
             );
         }
+        // A line key, filed whole, is found from its pieces, and only so.
+        let line_key = [&[LINE_KEY][..], b"name:", b"|c|#a:b"].concat();
+        c.insert(
+            &line_key,
+            series(42, Layout::Counter, MetricType::Counter, 1.0),
+        );
+        let h = c.get_line(b"name:", b"|c|#a:b").unwrap();
+        assert_eq!(
+            h.target,
+            Target::Series {
+                offset: 42,
+                layout: Layout::Counter
+            }
+        );
+        assert!(c.get(&line_key).is_some());
+        assert!(c.get_line(b"name:", b"|c|#a:c").is_none());
+        assert!(c.get_line(b"nam:", b"e:|c|#a:b").is_none());
         c.clear();
         assert_eq!((c.len(), c.key_bytes()), (0, 0));
         assert!(c.get(b"a").is_none());

@@ -90,7 +90,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use arena::Shard;
-use cache::{Cache, Entry, Hit, Target};
+use cache::{Cache, Entry, Hit, LINE_KEY, Target};
 use hashbrown::HashTable;
 use names::{TagError, TagErrors};
 
@@ -1272,11 +1272,7 @@ impl Writer {
         let split = line_split(line);
         self.has_line_key = split.is_some();
         if let Some((colon, bar)) = split {
-            self.line_key.clear();
-            self.line_key.push(LINE_KEY);
-            self.line_key.extend_from_slice(&line[..=colon]);
-            self.line_key.extend_from_slice(&line[bar..]);
-            if let Some(h) = self.cache.get(self.line_key.as_slice())
+            if let Some(h) = self.cache.get_line(&line[..=colon], &line[bar..])
                 && let Target::Series { .. } = h.target
                 && let Some(s) = quick_sample(&line[colon + 1..bar], h.kind, h.rate)
             {
@@ -1284,6 +1280,10 @@ impl Writer {
                 settle(&h, &self.shard, &self.batch, &mut self.stats, &s, true);
                 return;
             }
+            self.line_key.clear();
+            self.line_key.push(LINE_KEY);
+            self.line_key.extend_from_slice(&line[..=colon]);
+            self.line_key.extend_from_slice(&line[bar..]);
         }
         self.line_samples = 0;
         let opts = parse::ParseOptions {
@@ -1645,27 +1645,33 @@ impl Writer {
 /// A writer empties its cache when the keys in it pass this many bytes.
 const CACHE_KEY_BYTES: usize = 256 << 20;
 
-/// The first byte of a line key; a sample key starts with its type (below 16), an event's or
-/// service check's with `E` or `S`.
-const LINE_KEY: u8 = 0x80;
-
 /// Where a line's value starts and ends: the first `:` and the first `|` after it, if the value
 /// between them is plain (not empty, no `:` of a v1.1 pack).
 #[inline]
 fn line_split(line: &[u8]) -> Option<(usize, usize)> {
-    let colon = memchr::memchr(b':', line)?;
-    let bar = colon + 1 + memchr::memchr(b'|', &line[colon + 1..])?;
+    let colon = find_short(b':', line)?;
+    let bar = colon + 1 + find_short(b'|', &line[colon + 1..])?;
     let value = &line[colon + 1..bar];
     // A value is a few bytes: a plain loop beats memchr's call here.
     (!value.is_empty() && !value.contains(&b':')).then_some((colon, bar))
+}
+
+/// `memchr`, with a plain loop for the few dozen bytes a StatsD name usually is: there the
+/// call and its dispatch cost more than the search.
+#[inline]
+fn find_short(b: u8, hay: &[u8]) -> Option<usize> {
+    if hay.len() <= 48 {
+        hay.iter().position(|&c| c == b)
+    } else {
+        memchr::memchr(b, hay)
+    }
 }
 
 /// The sample a known line key's value makes, if the value is one the parser accepts for
 /// `kind` (the same checks as [`parse::parse_line`]); `None` sends the line to the parser.
 #[inline]
 fn quick_sample(raw: &[u8], kind: MetricType, rate: f64) -> Option<Sample<'static>> {
-    let raw = std::str::from_utf8(raw).ok()?;
-    let value = parse::parse_value(raw).ok()?;
+    let value = parse::parse_value_bytes(raw).ok()?;
     if kind == MetricType::Counter && value < 0.0 {
         return None;
     }
@@ -1673,7 +1679,7 @@ fn quick_sample(raw: &[u8], kind: MetricType, rate: f64) -> Option<Sample<'stati
         name: "",
         kind,
         value,
-        delta: kind == MetricType::Gauge && matches!(raw.as_bytes()[0], b'+' | b'-'),
+        delta: kind == MetricType::Gauge && matches!(raw[0], b'+' | b'-'),
         rate,
         member: "",
         tags: parse::TagFields::default(),
