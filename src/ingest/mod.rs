@@ -319,6 +319,46 @@ pub fn start_unixgram(
     })
 }
 
+/// The longest a datagram worker waits, after a call that found few datagrams queued, for more
+/// to gather before the next call; see [`coalesce`].
+pub const COALESCE_MAX: Duration = Duration::from_millis(5);
+
+/// Kernel memory charged per queued datagram beyond its payload (the skb's overhead; about
+/// 768 bytes for a small loopback datagram, rounded up).
+const SKB_OVERHEAD: u64 = 1024;
+
+/// How long to wait before the next `recvmmsg` after one that returned `n` of `capacity`
+/// datagrams (`bytes` of payload) that arrived over `interval`, on a socket whose receive
+/// buffer is `buffer` bytes.
+///
+/// At low and moderate rates each wakeup found a datagram or two: the wakeup, the syscall and
+/// the caches that the sender's core cooled down cost more than the lines (0.26 us per packed
+/// line at 200k lines/s against 0.12 us at 8M). Waiting lets datagrams gather in the kernel
+/// buffer, so one call takes many and the per-call costs are shared. The wait is bounded so
+/// that, at the rate just observed, the buffer fills to at most a quarter: a small buffer or a
+/// fast sender means a short wait or none, and a full batch means none.
+pub fn coalesce(
+    n: usize,
+    capacity: usize,
+    bytes: u64,
+    interval: Duration,
+    buffer: u64,
+) -> Duration {
+    if n == 0 || n >= capacity.div_ceil(4) {
+        return Duration::ZERO;
+    }
+    let charged = bytes + n as u64 * SKB_OVERHEAD;
+    let nanos = interval.as_nanos().max(1) as u64;
+    // Nanoseconds until the buffer is a quarter full at `charged / nanos` bytes per ns.
+    let fill = (buffer / 4).saturating_mul(nanos) / charged.max(1);
+    let wait = Duration::from_nanos(fill).min(COALESCE_MAX);
+    if wait < Duration::from_micros(50) {
+        Duration::ZERO
+    } else {
+        wait
+    }
+}
+
 /// A worker's loop counter and the value the watchdog saw last.
 type Heartbeat = (Arc<AtomicU64>, AtomicU64);
 
@@ -366,6 +406,9 @@ impl DatagramWorker {
         let fd = self.socket.as_raw_fd();
         let (mut datagrams, mut bytes, mut truncated) = (0u64, 0u64, 0u64);
         let mut last_error: Option<std::time::Instant> = None;
+        let capacity = self.bufs.capacity();
+        let buffer = self.socket.recv_buffer_size().map_or(0, |b| b as u64);
+        let mut woke = std::time::Instant::now();
         loop {
             self.beat.fetch_add(1, Ordering::Relaxed);
             let stopping = self.stop.load(Ordering::Acquire);
@@ -377,12 +420,19 @@ impl DatagramWorker {
             self.writer.begin_batch();
             match received {
                 Ok(n) => {
+                    let before = bytes;
                     for i in 0..n {
                         let (d, cut) = self.bufs.datagram(i);
                         datagrams += 1;
                         bytes += d.len() as u64;
                         truncated += u64::from(cut);
                         self.writer.ingest(d, cut);
+                    }
+                    let now = std::time::Instant::now();
+                    let wait = coalesce(n, capacity, bytes - before, now - woke, buffer);
+                    woke = now;
+                    if !stopping && !wait.is_zero() {
+                        std::thread::sleep(wait);
                     }
                 }
                 Err(e)
@@ -574,4 +624,28 @@ async fn serve_stream(
 /// Raw fds of the datagram sockets of `r` (for tests that read kernel counters).
 pub fn fds(r: &Running) -> Vec<RawFd> {
     r.sockets.iter().map(|s| s.as_raw_fd()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalescing_waits_only_while_the_buffer_has_room() {
+        let ms = Duration::from_millis(1);
+        // A few one-line datagrams in 1 ms into 8 MiB: wait the full millisecond.
+        assert_eq!(coalesce(3, 32, 60, ms, 8 << 20), COALESCE_MAX);
+        // Nothing, or a quarter of a batch or more: no wait.
+        assert_eq!(coalesce(0, 32, 0, ms, 8 << 20), Duration::ZERO);
+        assert_eq!(coalesce(8, 32, 160, ms, 8 << 20), Duration::ZERO);
+        // 7 datagrams of 900 B every 50 us (13,468 B charged: 269 MB/s) into 208 KiB: a
+        // quarter of the buffer fills in 198 us, so the wait stops there.
+        let w = coalesce(7, 32, 6300, Duration::from_micros(50), 212_992);
+        assert_eq!(w.as_micros(), 197, "{w:?}");
+        // Into a 64 KiB buffer at that rate: under 50 us, so no wait at all.
+        assert_eq!(
+            coalesce(7, 32, 6300, Duration::from_micros(50), 16 << 10),
+            Duration::ZERO
+        );
+    }
 }

@@ -79,6 +79,11 @@ impl MmsgBuffers {
         }
     }
 
+    /// Datagrams one call can take.
+    pub fn capacity(&self) -> usize {
+        self.headers.len()
+    }
+
     /// Receives up to a batch of datagrams: blocks for the first (up to the socket's read
     /// timeout) unless `nonblocking`, then takes what is queued. Returns how many arrived.
     pub fn recv(&mut self, fd: RawFd, nonblocking: bool) -> io::Result<usize> {
