@@ -5,7 +5,8 @@
 //! - [`ingest`]: listeners (UDP workers on SO_REUSEPORT sockets with `recvmmsg`, TCP, Unix
 //!   datagram), socket activation; `ingest::sys` is the one module with `unsafe`.
 //! - [`parse`]: pure, borrowing StatsD / DogStatsD line parsing; no I/O, no allocation.
-//! - [`store`]: the series registry and the per-worker cache-padded shards, expiry, limits.
+//! - [`store`]: the series registry, the per-worker cache-padded shards and series caches,
+//!   expiry, limits.
 //! - [`config`]: the TOML file's types and validation, mapping rules, the live (arc-swap)
 //!   handle, the file watcher.
 //! - [`export`]: the Prometheus text exposition and the hyper HTTP endpoint.

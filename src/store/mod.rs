@@ -9,6 +9,14 @@
 //! shards live in different 128-byte aligned segments, so no two workers write one cache line,
 //! and there is no per-series padding (a counter costs 16 bytes per worker, not 128).
 //!
+//! # Finding a line's series
+//! Each writer also keeps its own cache (`cache`: 16-byte slots, keys in one arena) from raw
+//! keys to resolved series, filled on a miss from the registry (mutex) and emptied whole on a
+//! config swap or store epoch. A line seen before is found by its bytes minus the value (its
+//! *line key*), so only the value is parsed ([`Writer::line`]); the full parser runs on a miss
+//! and for lines whose outcome depends on more than the value. Nothing in the cache is shared:
+//! the hot path reads only the writer's own memory and writes only its own shard.
+//!
 //! # Why no increment is lost, torn or double-counted
 //! Each claim names the model in `tests/loom.rs` that checks it against this code, built on
 //! loom's atomics and locks through [`crate::sync`]. Every model explores all interleavings.
