@@ -9,14 +9,22 @@ use std::process::Command;
 
 use common::*;
 
-/// Runs `tallyd blast` with `args` against `target`; returns its `key=value` report.
-fn blast(target: std::net::SocketAddr, args: &[&str]) -> BTreeMap<String, String> {
-    let out = Command::new(binary())
-        .arg("blast")
-        .args(["--target", &target.to_string()])
-        .args(args)
-        .output()
-        .expect("run tallyd blast");
+/// Runs `tallyd blast` with `args` against `target` (off the async runtime); returns its
+/// `key=value` report.
+async fn blast(
+    target: std::net::SocketAddr,
+    args: &'static [&'static str],
+) -> BTreeMap<String, String> {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(binary())
+            .arg("blast")
+            .args(["--target", &target.to_string()])
+            .args(args)
+            .output()
+            .expect("run tallyd blast")
+    })
+    .await
+    .unwrap();
     assert!(out.status.success(), "blast failed: {out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     let line = text
@@ -48,31 +56,28 @@ fn family_sum(text: &str, family: &str) -> f64 {
 async fn packed_from_three_senders_arrives_exactly() {
     let t = TestDaemon::start(&config_text(2, "")).await;
     let target = t.udp[0];
-    let r = tokio::task::spawn_blocking(move || {
-        blast(
-            target,
-            &[
-                "--count",
-                "20000",
-                "--rate",
-                "400000",
-                "--duration",
-                "60s",
-                "--names",
-                "7",
-                "--tags",
-                "2",
-                "--packed",
-                "500",
-                "--senders",
-                "3",
-                "--prefix",
-                "bl",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let r = blast(
+        target,
+        &[
+            "--count",
+            "20000",
+            "--rate",
+            "400000",
+            "--duration",
+            "60s",
+            "--names",
+            "7",
+            "--tags",
+            "2",
+            "--packed",
+            "500",
+            "--senders",
+            "3",
+            "--prefix",
+            "bl",
+        ],
+    )
+    .await;
     assert_eq!(r["lines"], "20000");
     assert_eq!(r["send_errors"], "0");
     let datagrams: f64 = r["datagrams"].parse().unwrap();
@@ -105,16 +110,13 @@ async fn packed_from_three_senders_arrives_exactly() {
 async fn one_line_per_datagram() {
     let t = TestDaemon::start(&config_text(1, "")).await;
     let target = t.udp[0];
-    let r = tokio::task::spawn_blocking(move || {
-        blast(
-            target,
-            &[
-                "--count", "5000", "--rate", "100000", "--names", "3", "--prefix", "one",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let r = blast(
+        target,
+        &[
+            "--count", "5000", "--rate", "100000", "--names", "3", "--prefix", "one",
+        ],
+    )
+    .await;
     assert_eq!(
         (r["lines"].as_str(), r["datagrams"].as_str()),
         ("5000", "5000")

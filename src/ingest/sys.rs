@@ -15,16 +15,7 @@ pub fn send_batch(fd: &impl AsRawFd, datagrams: &[&[u8]]) -> io::Result<usize> {
             iov_len: d.len(),
         })
         .collect();
-    let mut headers: Vec<libc::mmsghdr> = iovecs
-        .iter_mut()
-        .map(|iov| {
-            // SAFETY: mmsghdr is a plain C struct for which all-zero is a valid value.
-            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_iov = iov;
-            h.msg_hdr.msg_iovlen = 1;
-            h
-        })
-        .collect();
+    let mut headers = headers_for(&mut iovecs);
     let len = u32::try_from(headers.len()).unwrap_or(u32::MAX);
     // SAFETY: `headers` holds `len` valid mmsghdr whose single iovecs point into the
     // caller's slices, all alive and unmoved for this call; the kernel only reads them (it
@@ -35,6 +26,22 @@ pub fn send_batch(fd: &impl AsRawFd, datagrams: &[&[u8]]) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
+}
+
+/// One `mmsghdr` per iovec, each pointing at its iovec (no address, no control data). The
+/// headers hold raw pointers into `iovecs`, which must stay alive and unmoved while they are
+/// used.
+fn headers_for(iovecs: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
+    iovecs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: mmsghdr is a plain C struct for which all-zero is a valid value.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect()
 }
 
 /// Reused buffers and headers for one `recvmmsg` call of up to `batch` datagrams.
@@ -61,16 +68,7 @@ impl MmsgBuffers {
                 iov_len: size,
             })
             .collect();
-        let headers = iovecs
-            .iter_mut()
-            .map(|iov| {
-                // SAFETY: mmsghdr is a plain C struct for which all-zero is a valid value.
-                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                h.msg_hdr.msg_iov = iov;
-                h.msg_hdr.msg_iovlen = 1;
-                h
-            })
-            .collect();
+        let headers = headers_for(&mut iovecs);
         Self {
             bufs,
             size,
