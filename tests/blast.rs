@@ -121,15 +121,21 @@ async fn one_line_per_datagram() {
         (r["lines"].as_str(), r["datagrams"].as_str()),
         ("5000", "5000")
     );
+    // The series and the self-metrics together: a worker counts a batch just after it
+    // aggregates it, so a scrape can fall between the two.
     let text = wait_for(
         t.http,
         &[
             ("one_0_total", 1667.0),
             ("one_1_total", 1667.0),
             ("one_2_total", 1666.0),
+            (
+                "tallyd_datagrams_received_total{listener=\"udp://127.0.0.1:0\"}",
+                5000.0,
+            ),
         ],
     )
     .await;
-    assert_eq!(family_sum(&text, "tallyd_datagrams_received_total"), 5000.0);
+    assert_eq!(family_sum(&text, "tallyd_lines_received_total"), 5000.0);
     t.stop().await;
 }

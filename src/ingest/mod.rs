@@ -418,6 +418,7 @@ impl DatagramWorker {
             // wait can last IDLE_TICK) must be parsed with the new config, and the batch's
             // clock reading is the time the datagrams were read.
             self.writer.begin_batch();
+            let mut wait = Duration::ZERO;
             match received {
                 Ok(n) => {
                     let before = bytes;
@@ -429,11 +430,10 @@ impl DatagramWorker {
                         self.writer.ingest(d, cut);
                     }
                     let now = std::time::Instant::now();
-                    let wait = coalesce(n, capacity, bytes - before, now - woke, buffer);
-                    woke = now;
-                    if !stopping && !wait.is_zero() {
-                        std::thread::sleep(wait);
+                    if !stopping {
+                        wait = coalesce(n, capacity, bytes - before, now - woke, buffer);
                     }
+                    woke = now;
                 }
                 Err(e)
                     if matches!(
@@ -466,6 +466,10 @@ impl DatagramWorker {
                 &mut bytes,
                 &mut truncated,
             );
+            // After the flush: what was aggregated is counted before the worker waits.
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
         }
         flush(
             &mut self.writer,
