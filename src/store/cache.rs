@@ -187,6 +187,33 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     word(a, n - 8) == word(b, n - 8)
 }
 
+/// A key's hash, from its pieces: the first byte, then for a line key the bytes up to and
+/// including the first `:` (the name) and the rest, for any other key the rest. A line key is
+/// thus looked up from the line's own bytes ([`Cache::get_line`]), never copied.
+#[inline]
+fn hash_parts(hasher: &ahash::RandomState, tag: u8, a: &[u8], b: &[u8]) -> u64 {
+    let mut h = hasher.build_hasher();
+    h.write_u8(tag);
+    h.write(a);
+    h.write(b);
+    h.finish()
+}
+
+/// [`hash_parts`] of a whole stored key.
+fn hash_key(hasher: &ahash::RandomState, key: &[u8]) -> u64 {
+    match key.split_first() {
+        Some((&LINE_KEY, rest)) => {
+            let at = rest
+                .iter()
+                .position(|&c| c == b':')
+                .map_or(rest.len(), |i| i + 1);
+            hash_parts(hasher, LINE_KEY, &rest[..at], &rest[at..])
+        }
+        Some((&tag, rest)) => hash_parts(hasher, tag, rest, &[]),
+        None => hash_parts(hasher, 0, &[], &[]),
+    }
+}
+
 /// One table slot: where the key's bytes are, and the entry (plain) or its index (fat).
 #[derive(Debug, Clone, Copy)]
 struct Slot {
@@ -233,37 +260,17 @@ impl Cache {
         self.fat.clear();
     }
 
-    /// A key's hash, from its pieces: the first byte, then for a line key the bytes up to and
-    /// including the first `:` (the name) and the rest, for any other key the rest. A line
-    /// key is thus looked up from the line's own bytes ([`Cache::get_line`]), never copied.
+    /// [`hash_parts`] with this cache's seed.
     #[inline]
     fn hash(&self, tag: u8, a: &[u8], b: &[u8]) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        h.write_u8(tag);
-        h.write(a);
-        h.write(b);
-        h.finish()
-    }
-
-    fn hash_key(&self, key: &[u8]) -> u64 {
-        match key.split_first() {
-            Some((&LINE_KEY, rest)) => {
-                let at = rest
-                    .iter()
-                    .position(|&c| c == b':')
-                    .map_or(rest.len(), |i| i + 1);
-                self.hash(LINE_KEY, &rest[..at], &rest[at..])
-            }
-            Some((&tag, rest)) => self.hash(tag, rest, &[]),
-            None => self.hash(0, &[], &[]),
-        }
+        hash_parts(&self.hasher, tag, a, b)
     }
 
     /// Looks up a sample key (or any key, whole).
     #[inline]
     pub fn get(&self, key: &[u8]) -> Option<Hit<'_>> {
         let keys = &self.keys;
-        let slot = self.table.find(self.hash_key(key), |s| {
+        let slot = self.table.find(hash_key(&self.hasher, key), |s| {
             s.key_len as usize == key.len() && same(&keys[s.key_at as usize..][..key.len()], key)
         })?;
         Some(self.read(slot))
@@ -333,9 +340,9 @@ impl Cache {
             }
         };
         self.keys.extend_from_slice(key);
-        let hash = self.hash_key(key);
-        let mut table = std::mem::take(&mut self.table);
-        table.insert_unique(
+        let hash = hash_key(&self.hasher, key);
+        let (keys, hasher) = (&self.keys, &self.hasher);
+        self.table.insert_unique(
             hash,
             Slot {
                 key_at,
@@ -343,9 +350,8 @@ impl Cache {
                 value,
                 bits,
             },
-            |s| self.hash_key(&self.keys[s.key_at as usize..][..s.key_len as usize]),
+            |s| hash_key(hasher, &keys[s.key_at as usize..][..s.key_len as usize]),
         );
-        self.table = table;
     }
 }
 

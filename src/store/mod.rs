@@ -1657,22 +1657,11 @@ const CACHE_KEY_BYTES: usize = 256 << 20;
 /// between them is plain (not empty, no `:` of a v1.1 pack).
 #[inline]
 fn line_split(line: &[u8]) -> Option<(usize, usize)> {
-    let colon = find_short(b':', line)?;
-    let bar = colon + 1 + find_short(b'|', &line[colon + 1..])?;
+    let colon = parse::find_byte(b':', line)?;
+    let bar = colon + 1 + parse::find_byte(b'|', &line[colon + 1..])?;
     let value = &line[colon + 1..bar];
     // A value is a few bytes: a plain loop beats memchr's call here.
     (!value.is_empty() && !value.contains(&b':')).then_some((colon, bar))
-}
-
-/// `memchr`, with a plain loop for the few dozen bytes a StatsD name usually is: there the
-/// call and its dispatch cost more than the search.
-#[inline]
-fn find_short(b: u8, hay: &[u8]) -> Option<usize> {
-    if hay.len() <= 48 {
-        hay.iter().position(|&c| c == b)
-    } else {
-        memchr::memchr(b, hay)
-    }
 }
 
 /// The sample a known line key's value makes, if the value is one the parser accepts for
