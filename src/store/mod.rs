@@ -90,16 +90,17 @@
 
 pub mod arena;
 mod cache;
+mod catalog;
 pub mod names;
 pub mod sketch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use std::time::Duration;
 
 use arena::Shard;
 use cache::{Cache, Entry, Hit, LINE_KEY, Target};
-use hashbrown::HashTable;
+use catalog::{Catalog, Family, FamilyClaim, Placement, SeriesMeta, State};
 use names::{TagError, TagErrors};
 
 use crate::config::live::{Live, Snapshot};
@@ -289,16 +290,6 @@ impl Stats {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Live,
-    /// Marked idle (its mark is in [`Registry::retiring`]). Not exported; still in the index,
-    /// so a lookup brings it back.
-    Retiring,
-    /// Slot free for reuse.
-    Free,
-}
-
 /// A retiring series' mark: the store epoch it was marked at, and what its words hashed to
 /// then ([`Store::fingerprint`]). Kept beside the series, not in it: few series retire at a
 /// time, and every series pays for its own fields.
@@ -307,107 +298,6 @@ struct Mark {
     id: u32,
     epoch: u64,
     print: u64,
-}
-
-#[derive(Debug)]
-struct SeriesMeta {
-    /// `family '\0' labels`.
-    key: Box<str>,
-    offset: u32,
-    layout: Layout,
-    /// Expiry in stamp seconds; 0 = never.
-    ttl: u32,
-    state: State,
-    /// Position in its family's series list.
-    pos: u32,
-}
-
-impl SeriesMeta {
-    fn family(&self) -> &str {
-        self.key.split_once('\0').map_or(&self.key, |(f, _)| f)
-    }
-
-    fn labels(&self) -> &str {
-        self.key.split_once('\0').map_or("", |(_, l)| l)
-    }
-}
-
-/// A metric family: its type claim and its series. 40 bytes: with one metric name per series
-/// (`tallyd blast --names N`, or names that embed ids) there is a family per series.
-#[derive(Debug)]
-struct Family {
-    kind: FamilyKind,
-    /// Help, bounds and window, which only mapped names and observers have.
-    extra: Option<Box<FamilyExtra>>,
-    series: Members,
-}
-
-#[derive(Debug)]
-struct FamilyExtra {
-    help: Option<Arc<str>>,
-    /// Histogram bounds, or a summary's quantiles.
-    buckets: Option<Arc<[f64]>>,
-    /// A summary's window.
-    window: Duration,
-}
-
-impl Family {
-    fn help(&self) -> Option<&str> {
-        self.extra.as_ref().and_then(|e| e.help.as_deref())
-    }
-
-    fn buckets(&self) -> &[f64] {
-        self.extra
-            .as_ref()
-            .and_then(|e| e.buckets.as_deref())
-            .unwrap_or(&[])
-    }
-
-    fn window(&self) -> Duration {
-        self.extra.as_ref().map_or(Duration::ZERO, |e| e.window)
-    }
-}
-
-/// A family's series ids, the first one inline (most families have one series, or many).
-#[derive(Debug)]
-enum Members {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-impl Members {
-    fn as_slice(&self) -> &[u32] {
-        match self {
-            Members::One(id) => std::slice::from_ref(id),
-            Members::Many(v) => v,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.as_slice().is_empty()
-    }
-
-    fn push(&mut self, id: u32) {
-        match self {
-            Members::One(first) => *self = Members::Many(vec![*first, id]),
-            Members::Many(v) if v.is_empty() => *self = Members::One(id),
-            Members::Many(v) => v.push(id),
-        }
-    }
-
-    /// Removes the id at `pos`, moving the last one into its place (`Vec::swap_remove`).
-    fn swap_remove(&mut self, pos: usize) {
-        match self {
-            Members::One(_) => *self = Members::Many(Vec::new()),
-            Members::Many(v) => {
-                v.swap_remove(pos);
-            }
-        }
-    }
 }
 
 /// What a writer needs to create a series.
@@ -424,10 +314,7 @@ struct NewSeries<'a> {
 }
 
 struct Registry {
-    families: BTreeMap<Box<str>, Family>,
-    index: HashTable<u32>,
-    series: Vec<SeriesMeta>,
-    free_ids: Vec<u32>,
+    cat: Catalog,
     free_words: HashMap<u32, Vec<u32>>,
     next_word: u32,
     /// Live + retiring series (the ones counted against limits).
@@ -494,10 +381,7 @@ impl Store {
     pub fn new(clock: std::sync::Arc<dyn Clock>, reserved: Vec<String>) -> Arc<Self> {
         Arc::new(Self {
             registry: Mutex::new(Registry {
-                families: BTreeMap::new(),
-                index: HashTable::new(),
-                series: Vec::new(),
-                free_ids: Vec::new(),
+                cat: Catalog::new(),
                 free_words: HashMap::new(),
                 next_word: 0,
                 count: 0,
@@ -571,14 +455,11 @@ impl Store {
         key.push_str(n.family);
         key.push('\0');
         key.push_str(n.labels);
-        let hash = self.hasher.hash_one(&key);
         let mut reg = lock(&self.registry);
         let reg = &mut *reg;
-        if let Some(&id) = reg
-            .index
-            .find(hash, |&id| *reg.series[id as usize].key == *key)
-        {
-            let meta = &mut reg.series[id as usize];
+        let hash = reg.cat.key_hash(&key);
+        if let Some(id) = reg.cat.find(hash, &key) {
+            let meta = reg.cat.series_mut(id);
             if meta.layout != n.layout {
                 return Err(Refusal::Conflict);
             }
@@ -593,11 +474,12 @@ impl Store {
             return Ok(meta.offset);
         }
         // A new series: check the family claim and the limits.
-        match reg.families.get(n.family) {
+        let fid = reg.cat.family_id(n.family);
+        match fid.map(|f| reg.cat.family(f)) {
             Some(f) if f.kind != n.kind => return Err(Refusal::Conflict),
             Some(f)
                 if n.limits.max_series_per_metric > 0
-                    && f.series.len() >= n.limits.max_series_per_metric =>
+                    && f.len() >= n.limits.max_series_per_metric =>
             {
                 log_limit(&mut reg.last_limit_log, n.family, "max_series_per_metric");
                 return Err(Refusal::MaxSeriesPerMetric);
@@ -607,12 +489,12 @@ impl Store {
                 if self.is_reserved(n.family, n.kind) {
                     return Err(Refusal::ReservedName);
                 }
-                if collides(&reg.families, n.family, n.kind) {
+                if collides(&reg.cat, n.family, n.kind) {
                     return Err(Refusal::Conflict);
                 }
             }
         }
-        if reg.count >= n.limits.max_series {
+        if reg.count >= n.limits.max_series || !reg.cat.has_room(key.len()) {
             log_limit(&mut reg.last_limit_log, n.family, "max_series");
             return Err(Refusal::MaxSeries);
         }
@@ -631,50 +513,18 @@ impl Store {
                 o
             }
         };
-        if !reg.families.contains_key(n.family) {
-            reg.families.insert(
-                Box::from(n.family),
-                Family {
-                    kind: n.kind,
-                    extra: (n.help.is_some() || n.buckets.is_some() || !n.window.is_zero()).then(
-                        || {
-                            Box::new(FamilyExtra {
-                                help: n.help.clone(),
-                                buckets: n.buckets.clone(),
-                                window: n.window,
-                            })
-                        },
-                    ),
-                    series: Members::Many(Vec::new()),
-                },
-            );
-        }
-        let Some(family) = reg.families.get_mut(n.family) else {
-            unreachable!("inserted above")
-        };
-        let meta = SeriesMeta {
-            key: key.into_boxed_str(),
+        let family = fid.ok_or(FamilyClaim {
+            kind: n.kind,
+            help: n.help,
+            buckets: n.buckets,
+            window: n.window,
+        });
+        let at = Placement {
             offset,
             layout: n.layout,
             ttl: u32::try_from(n.ttl.as_secs()).unwrap_or(u32::MAX),
-            state: State::Live,
-            pos: family.series.len() as u32,
         };
-        let id = match reg.free_ids.pop() {
-            Some(id) => {
-                reg.series[id as usize] = meta;
-                id
-            }
-            None => {
-                reg.series.push(meta);
-                (reg.series.len() - 1) as u32
-            }
-        };
-        family.series.push(id);
-        let series = &reg.series;
-        reg.index.insert_unique(hash, id, |&i| {
-            self.hasher.hash_one(&*series[i as usize].key)
-        });
+        reg.cat.insert(hash, &key, family, at);
         reg.count += 1;
         self.series_gauge.store(reg.count as u64, Ordering::Relaxed);
         Ok(offset)
@@ -706,7 +556,7 @@ impl Store {
         let mut i = 0;
         while i < reg.retiring.len() {
             let Mark { id, epoch, print } = reg.retiring[i];
-            let meta = &reg.series[id as usize];
+            let meta = reg.cat.series(id);
             if meta.state != State::Retiring {
                 reg.retiring.swap_remove(i);
                 continue;
@@ -720,40 +570,39 @@ impl Store {
                 // Written since it was marked (a late increment through a writer's cached
                 // offset; every such write happens before this read, by `seen_epoch`): it
                 // lives on, with the increment.
-                reg.series[id as usize].state = State::Live;
+                reg.cat.series_mut(id).state = State::Live;
                 continue;
             }
             self.reclaim(reg, &shards, id);
             reclaimed += 1;
         }
+        reg.cat.settle();
         // Phase 1: mark idle series, fingerprinting their words so that phase 2 can tell
         // whether anything wrote to them after the mark, whatever that write's batch time.
         // Only sweeps store the epoch, under the registry lock we hold.
         let next_epoch = load_own(&self.epoch) + 1;
         let mut marked = false;
-        for fam in reg.families.values() {
-            for &id in fam.series.as_slice() {
-                let meta = &mut reg.series[id as usize];
-                let ttl = u64::from(meta.ttl);
-                if ttl == 0 || meta.state != State::Live {
-                    continue;
-                }
-                if now.saturating_sub(Self::last_seen(&shards, meta)) < ttl {
-                    continue;
-                }
-                // Decide on the words fingerprinted: a write this read missed changes them.
-                let (seen, print) = self.fingerprint(&shards, meta);
-                if now.saturating_sub(seen) < ttl {
-                    continue;
-                }
-                meta.state = State::Retiring;
-                reg.retiring.push(Mark {
-                    id,
-                    epoch: next_epoch,
-                    print,
-                });
-                marked = true;
+        for id in 0..reg.cat.slots() {
+            let meta = reg.cat.series_mut(id);
+            let ttl = u64::from(meta.ttl);
+            if ttl == 0 || meta.state != State::Live {
+                continue;
             }
+            if now.saturating_sub(Self::last_seen(&shards, meta)) < ttl {
+                continue;
+            }
+            // Decide on the words fingerprinted: a write this read missed changes them.
+            let (seen, print) = self.fingerprint(&shards, meta);
+            if now.saturating_sub(seen) < ttl {
+                continue;
+            }
+            meta.state = State::Retiring;
+            reg.retiring.push(Mark {
+                id,
+                epoch: next_epoch,
+                print,
+            });
+            marked = true;
         }
         if marked {
             self.epoch.store(next_epoch, Ordering::Release);
@@ -787,12 +636,7 @@ impl Store {
     }
 
     fn reclaim(&self, reg: &mut Registry, shards: &[sync::Arc<Shard>], id: u32) {
-        let meta = &mut reg.series[id as usize];
-        // Lookups find it no more; a writer that still wants it creates a new series.
-        let hash = self.hasher.hash_one(&*meta.key);
-        if let Ok(entry) = reg.index.find_entry(hash, |&i| i == id) {
-            entry.remove();
-        }
+        let meta = reg.cat.series(id);
         for s in shards {
             s.zero(meta.offset, meta.layout.words());
         }
@@ -800,21 +644,9 @@ impl Store {
             .entry(meta.layout.words())
             .or_default()
             .push(meta.offset);
-        meta.state = State::Free;
-        let pos = meta.pos as usize;
-        let fam_name = meta.family().to_string();
-        meta.key = Box::from("");
-        reg.free_ids.push(id);
-        if let Some(fam) = reg.families.get_mut(fam_name.as_str()) {
-            fam.series.swap_remove(pos);
-            if let Some(&moved) = fam.series.as_slice().get(pos) {
-                reg.series[moved as usize].pos = pos as u32;
-            }
-            if fam.series.is_empty() {
-                // The type claim goes with the last series.
-                reg.families.remove(fam_name.as_str());
-            }
-        }
+        // Lookups find it no more; a writer that still wants it creates a new series. The
+        // sweep settles the catalog before it lets go of the lock.
+        reg.cat.remove(id);
         reg.count -= 1;
         self.series_gauge.store(reg.count as u64, Ordering::Relaxed);
         self.expired.fetch_add(1, Ordering::Relaxed);
@@ -840,33 +672,35 @@ impl Store {
         budget: usize,
         v: &mut impl Visitor,
     ) -> bool {
-        use std::ops::Bound;
         let shards = self.shards();
         let now = self.clock.now();
         let half = half_window_index(now, set_window);
-        let reg = lock(&self.registry);
+        let mut reg = lock(&self.registry);
+        if cursor.family.is_none() {
+            // A walk sees every family created before it began.
+            reg.cat.settle();
+        }
+        let cat = &reg.cat;
         let mut words = Vec::new();
         let mut buckets = Vec::new();
         let mut left = budget;
-        let start: Bound<&str> = match &cursor.family {
-            Some((name, _)) => Bound::Included(&**name),
-            None => Bound::Unbounded,
-        };
-        for (name, fam) in reg.families.range::<str, _>((start, Bound::Unbounded)) {
-            let resuming = cursor.family.as_ref().is_some_and(|(n, _)| **n == **name);
+        for &fid in cat.ordered_from(cursor.family.as_ref().map(|(n, _)| &**n)) {
+            let (name, fam) = (cat.name(fid), cat.family(fid));
+            let resuming = cursor.family.as_ref().is_some_and(|(n, _)| **n == *name);
             if resuming && cursor.family.as_ref().is_some_and(|(_, k)| *k != fam.kind) {
                 // The family was re-created with another type since its header went out.
                 continue;
             }
             let mut header = resuming;
             let from = if resuming { cursor.next } else { 0 };
-            for (i, &id) in fam.series.as_slice().iter().enumerate().skip(from) {
-                let meta = &reg.series[id as usize];
+            for i in from..fam.len() {
+                let Some(id) = fam.member(i) else { break };
+                let meta = cat.series(id);
                 if meta.state != State::Live {
                     continue;
                 }
                 if left == 0 {
-                    cursor.family = Some((name.clone(), fam.kind));
+                    cursor.family = Some((Box::from(name), fam.kind));
                     cursor.next = i;
                     return false;
                 }
@@ -875,7 +709,7 @@ impl Store {
                     header = true;
                 }
                 let values = read_series(&shards, meta, fam, now, half, &mut words, &mut buckets);
-                v.series(meta.labels(), values);
+                v.series(cat.labels(id), values);
                 left -= 1;
             }
         }
@@ -896,18 +730,18 @@ pub struct Cursor {
 /// (histograms included: `x_sum` as a histogram after the histogram `x`) whose name is one of
 /// an existing histogram's suffixed names. Either would make the text parser attach one
 /// family's samples or `# TYPE` line to the other, and the whole scrape would fail.
-fn collides(families: &BTreeMap<Box<str>, Family>, name: &str, kind: FamilyKind) -> bool {
+fn collides(cat: &Catalog, name: &str, kind: FamilyKind) -> bool {
     if kind
         .suffixes()
         .iter()
-        .any(|s| families.contains_key(format!("{name}{s}").as_str()))
+        .any(|s| cat.family_id(&format!("{name}{s}")).is_some())
     {
         return true;
     }
     ["_bucket", "_sum", "_count"].iter().any(|s| {
         name.strip_suffix(s)
-            .and_then(|stem| families.get(stem))
-            .is_some_and(|f| f.kind.suffixes().contains(s))
+            .and_then(|stem| cat.family_id(stem))
+            .is_some_and(|f| cat.family(f).kind.suffixes().contains(s))
     })
 }
 
