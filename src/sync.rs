@@ -75,6 +75,7 @@ impl<T> OnceBox<T> {
     }
 
     /// The value, if published.
+    #[inline]
     pub(crate) fn get(&self) -> Option<&T> {
         let p = self.ptr.load(Ordering::Acquire);
         // SAFETY: a non-null pointer was published by `get_or_init` from `Box::into_raw`
@@ -83,12 +84,20 @@ impl<T> OnceBox<T> {
         unsafe { p.as_ref() }
     }
 
-    /// The value, publishing `init()` first if nobody has.
+    /// The value, publishing `init()` first if nobody has. The published case is inlined.
+    #[inline]
     pub(crate) fn get_or_init(&self, init: impl FnOnce() -> Box<T>) -> &T {
-        if let Some(v) = self.get() {
-            return v;
+        match self.get() {
+            Some(v) => v,
+            None => self.publish(init()),
         }
-        let new = Box::into_raw(init());
+    }
+
+    /// Publishes `new` unless another value was first; returns the published one.
+    #[cold]
+    #[inline(never)]
+    fn publish(&self, new: Box<T>) -> &T {
+        let new = Box::into_raw(new);
         match self.ptr.compare_exchange(
             std::ptr::null_mut(),
             new,

@@ -25,17 +25,27 @@ pub const SEG_WORDS: u32 = 32;
 pub const MAX_SEGS: usize = 8;
 const LINE_WORDS: usize = 16;
 
+const SEG_LINES: usize = SEG_WORDS as usize / LINE_WORDS;
+
 type Line = CachePadded<[AtomicU64; LINE_WORDS]>;
 
-fn new_segment() -> Box<[Line]> {
-    (0..SEG_WORDS as usize / LINE_WORDS)
+/// A fixed-size array, so that a word is one load past the segment pointer with no length to
+/// check.
+type Segment = [Line; SEG_LINES];
+
+fn new_segment() -> Box<Segment> {
+    let lines: Box<[Line]> = (0..SEG_LINES)
         .map(|_| CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))))
-        .collect()
+        .collect();
+    match lines.try_into() {
+        Ok(seg) => seg,
+        Err(_) => unreachable!("SEG_LINES lines were collected"),
+    }
 }
 
 /// One writer's words.
 pub struct Shard {
-    segs: Box<[OnceBox<Box<[Line]>>]>,
+    segs: Box<[OnceBox<Segment>]>,
     /// The store epoch this shard's writer has caught up with (its cache holds no series
     /// retired before it); `u64::MAX` once the writer is gone. Written by the writer with
     /// Release, read by the sweeper with Acquire.
@@ -54,7 +64,7 @@ impl Shard {
     /// The word at `offset`, allocating its segment. Only the owning writer calls this.
     #[inline]
     pub fn word(&self, offset: u32) -> &AtomicU64 {
-        let seg = self.segs[(offset / SEG_WORDS) as usize].get_or_init(|| Box::new(new_segment()));
+        let seg = self.segs[(offset / SEG_WORDS) as usize].get_or_init(new_segment);
         let i = (offset % SEG_WORDS) as usize;
         &seg[i / LINE_WORDS][i % LINE_WORDS]
     }
@@ -81,6 +91,24 @@ impl Shard {
             (f64::from_bits(load_own(w)) + v).to_bits(),
             Ordering::Relaxed,
         );
+    }
+
+    /// Adds to a counter: the f64 in word `offset`, then its last-seen stamp in the next word,
+    /// with one segment lookup (a series never straddles two segments). Single writer.
+    #[inline]
+    pub fn add_counter(&self, offset: u32, v: f64, stamp: u64) {
+        debug_assert!(offset % SEG_WORDS + 1 < SEG_WORDS);
+        let seg = self.segs[(offset / SEG_WORDS) as usize].get_or_init(new_segment);
+        let word = |o: u32| {
+            let i = (o % SEG_WORDS) as usize;
+            &seg[i / LINE_WORDS][i % LINE_WORDS]
+        };
+        let w = word(offset);
+        w.store(
+            (f64::from_bits(load_own(w)) + v).to_bits(),
+            Ordering::Relaxed,
+        );
+        word(offset + 1).store(stamp, Ordering::Relaxed);
     }
 
     /// Opens a seqlock write on the word at `seq`: readers retry until [`Shard::write_end`].

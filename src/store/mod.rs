@@ -985,7 +985,17 @@ fn apply(
     bounds: Option<&[f64]>,
 ) {
     match layout {
-        Layout::Counter => shard.add_f64(o, s.value * scale / s.rate),
+        Layout::Counter => {
+            // Exact either way (x * 1 / 1 == x); the common case skips the division's latency.
+            let v = if scale == 1.0 && s.rate == 1.0 {
+                s.value
+            } else {
+                s.value * scale / s.rate
+            };
+            // The stamp (the counter's second word) goes with the add.
+            shard.add_counter(o, v, batch.stamp);
+            return;
+        }
         Layout::Gauge => {
             let seq = shard.write_begin(o);
             if s.delta {
