@@ -2,7 +2,7 @@
 //! worker keeps an entry for every series it has seen, so the entry is most of what a series
 //! costs per worker.
 //!
-//! The table holds 16-byte slots (hashbrown's `HashTable`, one control byte each); the keys'
+//! The table holds 12-byte slots (hashbrown's `HashTable`, one control byte each); the keys'
 //! bytes sit back to back in one arena (no allocation, no allocator header per key); a plain
 //! entry (a counter, gauge or set series with scale and rate 1, no bucket bounds, no tag
 //! errors: the common case) lives in its slot, any other in a side vector. Nothing is removed
@@ -127,7 +127,7 @@ impl Entry {
     }
 
     /// The slot bits of a plain entry (`kind | layout << 8`), or `None`.
-    fn plain(&self) -> Option<u32> {
+    fn plain(&self) -> Option<u16> {
         let Entry::Series {
             layout,
             kind,
@@ -146,7 +146,7 @@ impl Entry {
             Layout::Set => 2,
             _ => return None,
         };
-        (*scale == 1.0 && *rate == 1.0 && tag_errors.is_empty()).then_some(*kind as u32 | code << 8)
+        (*scale == 1.0 && *rate == 1.0 && tag_errors.is_empty()).then_some(*kind as u16 | code << 8)
     }
 }
 
@@ -155,7 +155,7 @@ impl Entry {
 pub(super) const LINE_KEY: u8 = 0x80;
 
 /// Slot bits of an entry kept in the side vector.
-const FAT: u32 = u32::MAX;
+const FAT: u16 = u16::MAX;
 
 const KINDS: [MetricType; 6] = [
     MetricType::Counter,
@@ -223,11 +223,11 @@ fn hash_key(hasher: &ahash::RandomState, key: &[u8]) -> u64 {
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     key_at: u32,
-    key_len: u32,
+    key_len: u16,
     /// A plain entry's series offset, or a fat entry's index.
     value: u32,
     /// `kind | layout << 8` for a plain entry, [`FAT`] otherwise.
-    bits: u32,
+    bits: u16,
 }
 
 /// See the module doc.
@@ -323,15 +323,16 @@ impl Cache {
         }
     }
 
-    /// Files `entry` under `key`, which must not be in the cache. A key the arena cannot
-    /// address (past 4 GiB of keys) is not cached; the caller's size caps clear the cache long
-    /// before that.
+    /// Files `entry` under `key`, which must not be in the cache. A key over 64 KiB (only a
+    /// TCP or Unix line can be that long) or one the arena cannot address (past 4 GiB of keys)
+    /// is not cached: it is resolved through the registry every time. The caller's size caps
+    /// clear the cache long before 4 GiB.
     pub fn insert(&mut self, key: &[u8], entry: Entry) {
-        let (Ok(key_at), Ok(key_len)) = (u32::try_from(self.keys.len()), u32::try_from(key.len()))
+        let (Ok(key_at), Ok(key_len)) = (u32::try_from(self.keys.len()), u16::try_from(key.len()))
         else {
             return;
         };
-        if key_at.checked_add(key_len).is_none() {
+        if key_at.checked_add(u32::from(key_len)).is_none() {
             return;
         }
         let (value, bits) = match entry.plain() {
@@ -374,6 +375,24 @@ mod tests {
             buckets: None,
             tag_errors: TagErrors::default(),
         }
+    }
+
+    #[test]
+    fn slots_are_twelve_bytes_and_long_keys_are_not_cached() {
+        // The slot is most of what a series costs a worker: growing it should be a decision.
+        assert_eq!(std::mem::size_of::<Slot>(), 12);
+        let mut c = Cache::new();
+        let long = vec![b'x'; usize::from(u16::MAX) + 1];
+        c.insert(&long, series(1, Layout::Counter, MetricType::Counter, 1.0));
+        assert!(c.get(&long).is_none());
+        assert_eq!((c.len(), c.key_bytes()), (0, 0));
+        let max = &long[1..];
+        c.insert(max, series(2, Layout::Counter, MetricType::Counter, 1.0));
+        assert!(c.get(max).is_some_and(|h| h.target
+            == Target::Series {
+                offset: 2,
+                layout: Layout::Counter
+            }));
     }
 
     #[test]

@@ -566,6 +566,13 @@ mod tests {
     }
 
     #[test]
+    fn series_and_families_stay_small() {
+        // With one metric name per series, both are paid per series.
+        assert_eq!(std::mem::size_of::<SeriesMeta>(), 36);
+        assert_eq!(std::mem::size_of::<Family>(), 16);
+    }
+
+    #[test]
     fn members_keep_positions_through_swap_removal() {
         let mut r = Catalog::new();
         let a = add(&mut r, "fam", "a=\"1\"");
