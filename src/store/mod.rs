@@ -949,16 +949,32 @@ impl Stats {
     }
 }
 
+/// What aggregating a sample reads of it: a [`Sample`] without its name and tags, small enough
+/// to build per line on the line-key path.
+#[derive(Debug, Clone, Copy)]
+struct Obs<'a> {
+    kind: MetricType,
+    value: f64,
+    rate: f64,
+    delta: bool,
+    member: &'a str,
+}
+
+impl<'a> From<&Sample<'a>> for Obs<'a> {
+    fn from(s: &Sample<'a>) -> Self {
+        Self {
+            kind: s.kind,
+            value: s.value,
+            rate: s.rate,
+            delta: s.delta,
+            member: s.member,
+        }
+    }
+}
+
 /// Counts a resolved sample's outcome and, for a series, adds it to the shard.
 #[inline]
-fn settle(
-    h: &Hit<'_>,
-    shard: &Shard,
-    batch: &Batch,
-    stats: &mut Stats,
-    s: &Sample<'_>,
-    counted: bool,
-) {
+fn settle(h: &Hit<'_>, shard: &Shard, batch: &Batch, stats: &mut Stats, s: Obs<'_>, counted: bool) {
     if let Some(t) = h.tag_errors {
         stats.tag_errors(*t);
     }
@@ -978,7 +994,7 @@ fn settle(
 fn apply(
     shard: &Shard,
     batch: &Batch,
-    s: &Sample<'_>,
+    s: Obs<'_>,
     o: u32,
     layout: Layout,
     scale: f64,
@@ -1129,7 +1145,7 @@ impl Writer {
                 && let Some(s) = quick_sample(&line[colon + 1..bar], h.kind, h.rate)
             {
                 self.stats.cache_hits += 1;
-                settle(&h, &self.shard, &self.batch, &mut self.stats, &s, true);
+                settle(&h, &self.shard, &self.batch, &mut self.stats, s, true);
                 return;
             }
             self.line_key.clear();
@@ -1204,7 +1220,14 @@ impl Writer {
         let hold = self.has_line_key && self.line_samples == 1 && counted;
         if let Some(h) = self.cache.get(self.key.as_slice()) {
             self.stats.cache_hits += 1;
-            settle(&h, &self.shard, &self.batch, &mut self.stats, s, counted);
+            settle(
+                &h,
+                &self.shard,
+                &self.batch,
+                &mut self.stats,
+                s.into(),
+                counted,
+            );
             if hold {
                 self.pending = Some((h.to_entry(), false));
             }
@@ -1217,7 +1240,7 @@ impl Writer {
             &self.shard,
             &self.batch,
             &mut self.stats,
-            s,
+            s.into(),
             counted,
         );
         // Limit refusals are not cached: the limit may free up, and an attacker's unique
@@ -1511,20 +1534,17 @@ fn line_split(line: &[u8]) -> Option<(usize, usize)> {
 /// The sample a known line key's value makes, if the value is one the parser accepts for
 /// `kind` (the same checks as [`parse::parse_line`]); `None` sends the line to the parser.
 #[inline]
-fn quick_sample(raw: &[u8], kind: MetricType, rate: f64) -> Option<Sample<'static>> {
+fn quick_sample(raw: &[u8], kind: MetricType, rate: f64) -> Option<Obs<'static>> {
     let value = parse::parse_value_bytes(raw).ok()?;
     if kind == MetricType::Counter && value < 0.0 {
         return None;
     }
-    Some(Sample {
-        name: "",
+    Some(Obs {
         kind,
         value,
         delta: kind == MetricType::Gauge && matches!(raw[0], b'+' | b'-'),
         rate,
         member: "",
-        tags: parse::TagFields::default(),
-        container_id: None,
     })
 }
 
