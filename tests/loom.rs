@@ -109,6 +109,10 @@ impl Visitor for Scrape {
         self.family = name.to_string();
     }
 
+    fn resume(&mut self, name: &str, _kind: FamilyKind) {
+        self.family = name.to_string();
+    }
+
     fn series(&mut self, labels: &str, values: Values<'_>) {
         let v = match values {
             Values::Counter(v) => Val::Counter(v),

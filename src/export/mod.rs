@@ -107,6 +107,12 @@ impl Visitor for TextVisitor<'_> {
         out.push('\n');
     }
 
+    fn resume(&mut self, name: &str, kind: FamilyKind) {
+        self.family.clear();
+        self.family.push_str(name);
+        self.kind = Some(kind);
+    }
+
     fn series(&mut self, labels: &str, values: Values<'_>) {
         match values {
             Values::Counter(v) | Values::Gauge(v) => self.sample("", labels, None, v),

@@ -371,6 +371,11 @@ pub enum Values<'a> {
 pub trait Visitor {
     /// Starts a family.
     fn family(&mut self, name: &str, kind: FamilyKind, help: Option<&str>);
+    /// Continues, at the start of a chunk of a walk ([`Store::visit_some`]), the family whose
+    /// header an earlier chunk wrote: the series that follow are its, and no header is due.
+    /// (Required, not defaulted: a visitor that ignored it would write the next series under
+    /// no name, and a Prometheus scrape of that text fails whole.)
+    fn resume(&mut self, name: &str, kind: FamilyKind);
     /// One series of the current family; `labels` is rendered `k="v",...` without braces.
     fn series(&mut self, labels: &str, values: Values<'_>);
 }
@@ -687,11 +692,14 @@ impl Store {
         for &fid in cat.ordered_from(cursor.family.as_ref().map(|(n, _)| &**n)) {
             let (name, fam) = (cat.name(fid), cat.family(fid));
             let resuming = cursor.family.as_ref().is_some_and(|(n, _)| **n == *name);
-            if resuming && cursor.family.as_ref().is_some_and(|(_, k)| *k != fam.kind) {
+            // The last chunk may have ended before this family's header (at its first series).
+            let open = resuming && cursor.open;
+            if open && cursor.family.as_ref().is_some_and(|(_, k)| *k != fam.kind) {
                 // The family was re-created with another type since its header went out.
                 continue;
             }
-            let mut header = resuming;
+            let mut header = open;
+            let mut announced = false;
             let from = if resuming { cursor.next } else { 0 };
             for i in from..fam.len() {
                 let Some(id) = fam.member(i) else { break };
@@ -702,11 +710,17 @@ impl Store {
                 if left == 0 {
                     cursor.family = Some((Box::from(name), fam.kind));
                     cursor.next = i;
+                    cursor.open = header;
                     return false;
                 }
-                if !header {
-                    v.family(name, fam.kind, fam.help());
-                    header = true;
+                if !announced {
+                    if header {
+                        v.resume(name, fam.kind);
+                    } else {
+                        v.family(name, fam.kind, fam.help());
+                        header = true;
+                    }
+                    announced = true;
                 }
                 let values = read_series(&shards, meta, fam, now, half, &mut words, &mut buckets);
                 v.series(cat.labels(id), values);
@@ -723,6 +737,8 @@ impl Store {
 pub struct Cursor {
     family: Option<(Box<str>, FamilyKind)>,
     next: usize,
+    /// Whether the family's header went out (a chunk can end before its first series).
+    open: bool,
 }
 
 /// True if creating family `name` of `kind` would collide with histogram suffixes: a new
