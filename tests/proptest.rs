@@ -245,6 +245,37 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(cases(2000))]
+
+    /// The one-pass split gives the lines of `parse::lines`, each with its first `:` and the
+    /// first `|` after it, as separate searches find them. Bytes from a small alphabet, so
+    /// separators are dense; long runs cross the search's 8-byte words and 48-byte head.
+    #[test]
+    fn split_lines_is_lines_with_their_separators(
+        d in prop::collection::vec(
+            prop::sample::select(b"ab:|\n\r1".to_vec()),
+            0..200,
+        ),
+        pad in 0usize..60,
+    ) {
+        let mut d = d;
+        // A long name first, so some lines reach past the unrolled head.
+        d.splice(0..0, std::iter::repeat_n(b'n', pad));
+        let got: Vec<_> = parse::split_lines(&d).collect();
+        let want: Vec<_> = parse::lines(&d)
+            .map(|l| {
+                let colon = l.iter().position(|&c| c == b':');
+                let split = colon.and_then(|c| {
+                    l[c + 1..].iter().position(|&b| b == b'|').map(|b| (c, c + 1 + b))
+                });
+                (l, split)
+            })
+            .collect();
+        prop_assert_eq!(got, want);
+    }
+}
+
+proptest! {
     #![proptest_config(cases(1200))]
 
     /// StatsD-shaped noise (names that collide with histogram suffixes, self-metrics,

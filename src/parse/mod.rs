@@ -277,21 +277,90 @@ pub fn lines(datagram: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// The lines of [`lines`], each with the places of its first `:` and of the first `|` after
+/// it (`None` unless both are there), found in the same pass that finds the line's end: each
+/// byte of a `name:value|type` line is read once.
+pub fn split_lines(datagram: &[u8]) -> impl Iterator<Item = (&[u8], Option<(usize, usize)>)> {
+    let mut rest = Some(datagram);
+    std::iter::from_fn(move || {
+        loop {
+            let r = rest?;
+            let mut split = None;
+            let after = |from: usize, hit: Option<usize>| hit.map(|i| i + from);
+            let end = match find_either(b':', b'\n', r) {
+                Some(c) if r[c] == b':' => {
+                    match after(c + 1, find_either(b'|', b'\n', &r[c + 1..])) {
+                        Some(b) if r[b] == b'|' => {
+                            split = Some((c, b));
+                            after(b + 1, find_byte(b'\n', &r[b + 1..]))
+                        }
+                        other => other,
+                    }
+                }
+                other => other,
+            };
+            let line = match end {
+                Some(i) => {
+                    rest = Some(&r[i + 1..]);
+                    &r[..i]
+                }
+                None => {
+                    rest = None;
+                    r
+                }
+            };
+            // A stripped `\r` is the last byte, after any `|`.
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if !line.is_empty() {
+                return Some((line, split));
+            }
+        }
+    })
+}
+
+/// SWAR masks: the high bit of every byte of `w` equal to `b`, and possibly of bytes above the
+/// first such byte (a borrow); the lowest set bit is exact, which is all that is read.
+#[inline]
+fn byte_hits(w: u64, b: u8) -> u64 {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let x = w ^ (LO * u64::from(b));
+    x.wrapping_sub(LO) & !x & HI
+}
+
+/// The first byte of `hay` that is `a` or `b`, as [`find_byte`] searches.
+#[inline]
+pub fn find_either(a: u8, b: u8, hay: &[u8]) -> Option<usize> {
+    let word = |at: usize| u64::from_le_bytes(hay[at..at + 8].try_into().unwrap_or([0; 8]));
+    let hits = |w: u64| byte_hits(w, a) | byte_hits(w, b);
+    let head = hay.len().min(48);
+    if head < 8 {
+        return hay.iter().position(|&c| c == a || c == b);
+    }
+    let mut at = 0;
+    while at + 8 <= head {
+        let m = hits(word(at));
+        if m != 0 {
+            return Some(at + (m.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    if at < head {
+        let m = hits(word(head - 8));
+        if m != 0 {
+            return Some(head - 8 + (m.trailing_zeros() / 8) as usize);
+        }
+    }
+    memchr::memchr2(a, b, &hay[head..]).map(|i| i + head)
+}
+
 /// The first `b` in `hay`: eight bytes at a time over the first 48 bytes, then memchr. StatsD
 /// names and lines are a few dozen bytes, where memchr's call and dispatch cost more than the
 /// search, and a byte loop's exit branch is mispredicted once per search (it was a third of the
 /// line-key path's time).
 #[inline]
 pub fn find_byte(b: u8, hay: &[u8]) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let pattern = LO * u64::from(b);
-    // The high bit of every byte of `w` equal to `b`, and possibly of bytes above the first
-    // such byte (a borrow): the lowest set bit is exact, which is all that is read.
-    let hits = |w: u64| {
-        let x = w ^ pattern;
-        x.wrapping_sub(LO) & !x & HI
-    };
+    let hits = |w: u64| byte_hits(w, b);
     let word = |at: usize| u64::from_le_bytes(hay[at..at + 8].try_into().unwrap_or([0; 8]));
     let head = hay.len().min(48);
     if head < 8 {

@@ -1129,6 +1129,12 @@ impl Writer {
     /// Parses and aggregates one datagram (or one stream line). With `truncated`, the last
     /// line was cut off by the buffer: it is counted as truncated and not parsed.
     pub fn ingest(&mut self, datagram: &[u8], truncated: bool) {
+        if !truncated {
+            for (line, colon_bar) in parse::split_lines(datagram) {
+                self.split_line(line, colon_bar);
+            }
+            return;
+        }
         let mut lines = parse::lines(datagram).peekable();
         while let Some(line) = lines.next() {
             if truncated && lines.peek().is_none() {
@@ -1152,8 +1158,17 @@ impl Writer {
     /// parse of everything but the value depends only on those bytes and the config, and a
     /// config swap clears the cache.
     pub fn line(&mut self, line: &[u8]) {
+        let colon = parse::find_byte(b':', line);
+        let bar =
+            colon.and_then(|c| parse::find_byte(b'|', &line[c + 1..]).map(|b| (c, c + 1 + b)));
+        self.split_line(line, bar);
+    }
+
+    /// [`Writer::line`] with the line's first `:` and the first `|` after it already found
+    /// ([`parse::split_lines`]).
+    fn split_line(&mut self, line: &[u8], colon_bar: Option<(usize, usize)>) {
         self.stats.lines += 1;
-        let split = line_split(line);
+        let split = colon_bar.filter(|&(c, b)| plain_value(&line[c + 1..b]));
         self.has_line_key = split.is_some();
         if let Some((colon, bar)) = split {
             if let Some(h) = self.cache.get_line(&line[..=colon], &line[bar..])
@@ -1536,15 +1551,12 @@ impl Writer {
 /// A writer empties its cache when the keys in it pass this many bytes.
 const CACHE_KEY_BYTES: usize = 256 << 20;
 
-/// Where a line's value starts and ends: the first `:` and the first `|` after it, if the value
-/// between them is plain (not empty, no `:` of a v1.1 pack).
+/// Whether a line's value (between its first `:` and the `|` after it) is one value: not empty,
+/// and no `:` of a v1.1 pack.
 #[inline]
-fn line_split(line: &[u8]) -> Option<(usize, usize)> {
-    let colon = parse::find_byte(b':', line)?;
-    let bar = colon + 1 + parse::find_byte(b'|', &line[colon + 1..])?;
-    let value = &line[colon + 1..bar];
+fn plain_value(value: &[u8]) -> bool {
     // A value is a few bytes: a plain loop beats memchr's call here.
-    (!value.is_empty() && !value.contains(&b':')).then_some((colon, bar))
+    !value.is_empty() && !value.contains(&b':')
 }
 
 /// The sample a known line key's value makes, if the value is one the parser accepts for
