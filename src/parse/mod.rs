@@ -259,22 +259,29 @@ pub fn lines(datagram: &[u8]) -> impl Iterator<Item = &[u8]> {
         loop {
             let r = rest?;
             let at = find_byte(b'\n', r);
-            let line = match at {
-                Some(i) => {
-                    rest = Some(&r[i + 1..]);
-                    &r[..i]
-                }
-                None => {
-                    rest = None;
-                    r
-                }
-            };
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let line = take_line(r, at, &mut rest);
             if !line.is_empty() {
                 return Some(line);
             }
         }
     })
+}
+
+/// The line at the start of `r` that ends at `end` (its `\n`; `None`: the rest of `r`), a
+/// trailing `\r` stripped; `rest` moves past it.
+#[inline]
+fn take_line<'a>(r: &'a [u8], end: Option<usize>, rest: &mut Option<&'a [u8]>) -> &'a [u8] {
+    let line = match end {
+        Some(i) => {
+            *rest = Some(&r[i + 1..]);
+            &r[..i]
+        }
+        None => {
+            *rest = None;
+            r
+        }
+    };
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// The lines of [`lines`], each with the places of its first `:` and of the first `|` after
@@ -299,18 +306,8 @@ pub fn split_lines(datagram: &[u8]) -> impl Iterator<Item = (&[u8], Option<(usiz
                 }
                 other => other,
             };
-            let line = match end {
-                Some(i) => {
-                    rest = Some(&r[i + 1..]);
-                    &r[..i]
-                }
-                None => {
-                    rest = None;
-                    r
-                }
-            };
             // A stripped `\r` is the last byte, after any `|`.
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let line = take_line(r, end, &mut rest);
             if !line.is_empty() {
                 return Some((line, split));
             }
@@ -331,40 +328,27 @@ fn byte_hits(w: u64, b: u8) -> u64 {
 /// The first byte of `hay` that is `a` or `b`, as [`find_byte`] searches.
 #[inline]
 pub fn find_either(a: u8, b: u8, hay: &[u8]) -> Option<usize> {
-    let word = |at: usize| u64::from_le_bytes(hay[at..at + 8].try_into().unwrap_or([0; 8]));
-    let hits = |w: u64| byte_hits(w, a) | byte_hits(w, b);
-    let head = hay.len().min(48);
-    if head < 8 {
-        return hay.iter().position(|&c| c == a || c == b);
-    }
-    let mut at = 0;
-    while at + 8 <= head {
-        let m = hits(word(at));
-        if m != 0 {
-            return Some(at + (m.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    if at < head {
-        let m = hits(word(head - 8));
-        if m != 0 {
-            return Some(head - 8 + (m.trailing_zeros() / 8) as usize);
-        }
-    }
-    memchr::memchr2(a, b, &hay[head..]).map(|i| i + head)
+    search(
+        hay,
+        |w| byte_hits(w, a) | byte_hits(w, b),
+        |c| c == a || c == b,
+        |tail| memchr::memchr2(a, b, tail),
+    )
 }
 
-/// The first `b` in `hay`: eight bytes at a time over the first 48 bytes, then memchr. StatsD
-/// names and lines are a few dozen bytes, where memchr's call and dispatch cost more than the
-/// search, and a byte loop's exit branch is mispredicted once per search (it was a third of the
-/// line-key path's time).
+/// The first byte `is` accepts: `hits` (a SWAR mask per word, lowest set bit exact) eight bytes
+/// at a time over the first 48 bytes, `far` beyond them.
 #[inline]
-pub fn find_byte(b: u8, hay: &[u8]) -> Option<usize> {
-    let hits = |w: u64| byte_hits(w, b);
+fn search(
+    hay: &[u8],
+    hits: impl Fn(u64) -> u64,
+    is: impl Fn(u8) -> bool,
+    far: impl FnOnce(&[u8]) -> Option<usize>,
+) -> Option<usize> {
     let word = |at: usize| u64::from_le_bytes(hay[at..at + 8].try_into().unwrap_or([0; 8]));
     let head = hay.len().min(48);
     if head < 8 {
-        return hay.iter().position(|&c| c == b);
+        return hay.iter().position(|&c| is(c));
     }
     let mut at = 0;
     while at + 8 <= head {
@@ -381,7 +365,16 @@ pub fn find_byte(b: u8, hay: &[u8]) -> Option<usize> {
             return Some(head - 8 + (m.trailing_zeros() / 8) as usize);
         }
     }
-    memchr(b, &hay[head..]).map(|i| i + head)
+    far(&hay[head..]).map(|i| i + head)
+}
+
+/// The first `b` in `hay`: eight bytes at a time over the first 48 bytes, then memchr. StatsD
+/// names and lines are a few dozen bytes, where memchr's call and dispatch cost more than the
+/// search, and a byte loop's exit branch is mispredicted once per search (it was a third of the
+/// line-key path's time).
+#[inline]
+pub fn find_byte(b: u8, hay: &[u8]) -> Option<usize> {
+    search(hay, |w| byte_hits(w, b), |c| c == b, |tail| memchr(b, tail))
 }
 
 /// The result of parsing one line.
