@@ -210,7 +210,7 @@ impl Catalog {
         }
     }
 
-    /// The key of a series as `[limits]` and lookups know it: `family '\0' labels`.
+    /// The hash of a series key (`family '\0' labels`) in the key index.
     pub(super) fn key_hash(&self, key: &str) -> u64 {
         self.hasher.hash_one(key.as_bytes())
     }
@@ -221,8 +221,7 @@ impl Catalog {
 
     /// A series' family name.
     pub(super) fn family_name(&self, id: u32) -> &str {
-        let k = self.key(id);
-        k.split_once('\0').map_or(k, |(f, _)| f)
+        name_part(self.key(id))
     }
 
     /// A series' rendered labels.
@@ -243,7 +242,8 @@ impl Catalog {
         self.index.find(hash, |&id| self.key(id) == key).copied()
     }
 
-    fn name_of(&self, fid: u32) -> &str {
+    /// The name of family `fid`, which must be live.
+    pub(super) fn name(&self, fid: u32) -> &str {
         self.family_name(self.families[fid as usize].first)
     }
 
@@ -251,7 +251,7 @@ impl Catalog {
     pub(super) fn family_id(&self, name: &str) -> Option<u32> {
         let hash = self.hasher.hash_one(name.as_bytes());
         self.family_index
-            .find(hash, |&f| self.name_of(f) == name)
+            .find(hash, |&f| self.name(f) == name)
             .copied()
     }
 
@@ -352,7 +352,7 @@ impl Catalog {
 
     /// Lists a family that has its first member in the name index and among the recent ones.
     fn index_family(&mut self, fid: u32) {
-        let hash = self.hasher.hash_one(self.name_of(fid).as_bytes());
+        let hash = self.hasher.hash_one(self.name(fid).as_bytes());
         let Self {
             family_index,
             families,
@@ -363,7 +363,7 @@ impl Catalog {
         } = self;
         family_index.insert_unique(hash, fid, |&f| {
             let k = key_of(text, &series[families[f as usize].first as usize]);
-            hasher.hash_one(k.split_once('\0').map_or(k, |(n, _)| n).as_bytes())
+            hasher.hash_one(name_part(k).as_bytes())
         });
         self.recent.push(fid);
         if self.recent.len() >= RECENT_MAX {
@@ -384,7 +384,7 @@ impl Catalog {
         };
         if self.families[fid as usize].len() == 1 {
             // The family's name is this key's prefix: unhash it before the key goes.
-            let hash = self.hasher.hash_one(self.name_of(fid).as_bytes());
+            let hash = self.hasher.hash_one(self.name(fid).as_bytes());
             if let Ok(e) = self.family_index.find_entry(hash, |&f| f == fid) {
                 e.remove();
             }
@@ -425,14 +425,14 @@ impl Catalog {
             return;
         }
         let mut recent = std::mem::take(&mut self.recent);
-        recent.sort_unstable_by(|&a, &b| self.name_of(a).cmp(self.name_of(b)));
+        recent.sort_unstable_by(|&a, &b| self.name(a).cmp(self.name(b)));
         let n = self.order.len();
         let mut order = std::mem::take(&mut self.order);
         order.resize(n + recent.len(), 0);
         let mut hi = n;
         for (j, &fid) in recent.iter().enumerate().rev() {
-            let name = self.name_of(fid);
-            let p = order[..hi].partition_point(|&f| self.name_of(f) < name);
+            let name = self.name(fid);
+            let p = order[..hi].partition_point(|&f| self.name(f) < name);
             order.copy_within(p..hi, p + j + 1);
             order[p + j] = fid;
             hi = p;
@@ -463,14 +463,9 @@ impl Catalog {
     pub(super) fn ordered_from(&self, from: Option<&str>) -> &[u32] {
         debug_assert!(self.dead.is_empty(), "walk before settle");
         let p = from.map_or(0, |name| {
-            self.order.partition_point(|&f| self.name_of(f) < name)
+            self.order.partition_point(|&f| self.name(f) < name)
         });
         &self.order[p..]
-    }
-
-    /// The name of family `fid`, which must be live.
-    pub(super) fn name(&self, fid: u32) -> &str {
-        self.name_of(fid)
     }
 
     /// Series slots, free ones included (ids are `0..slots()`).
@@ -483,6 +478,11 @@ impl Catalog {
     fn family_of(&self, id: u32) -> u32 {
         self.series[id as usize].family
     }
+}
+
+/// The family name at the start of a series key.
+fn name_part(key: &str) -> &str {
+    key.split_once('\0').map_or(key, |(f, _)| f)
 }
 
 fn key_of<'a>(text: &'a str, m: &SeriesMeta) -> &'a str {
