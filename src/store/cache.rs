@@ -2,10 +2,11 @@
 //! worker keeps an entry for every series it has seen, so the entry is most of what a series
 //! costs per worker.
 //!
-//! The table holds 12-byte slots (hashbrown's `HashTable`, one control byte each); the keys'
-//! bytes sit back to back in one arena (no allocation, no allocator header per key); a plain
-//! entry (a counter, gauge or set series with scale and rate 1, no bucket bounds, no tag
-//! errors: the common case) lives in its slot, any other in a side vector. Nothing is removed
+//! The table holds 4-byte slots (hashbrown's `HashTable`, one control byte each): where a
+//! key was filed in one arena, in which each key follows its entry's value and its length (no
+//! allocation, no allocator header per key). A plain entry (a counter, gauge or set series
+//! with scale and rate 1, no bucket bounds, no tag errors: the common case) is that value
+//! itself, any other an index into a side vector. Nothing is removed
 //! one by one: a writer empties the whole cache (config swap, store epoch, size caps), which
 //! resets all three. Looked up from one thread only.
 
@@ -126,16 +127,16 @@ impl Entry {
         }
     }
 
-    /// The slot bits of a plain entry (`kind | layout << 8`), or `None`.
-    fn plain(&self) -> Option<u16> {
+    /// The slot code of a plain entry (`1 + kind + 6 * layout`, below [`FAT`]), or `None`.
+    fn plain(&self) -> Option<u32> {
         let Entry::Series {
+            offset,
             layout,
             kind,
             scale,
             rate,
             buckets: None,
             tag_errors,
-            ..
         } = self
         else {
             return None;
@@ -146,7 +147,8 @@ impl Entry {
             Layout::Set => 2,
             _ => return None,
         };
-        (*scale == 1.0 && *rate == 1.0 && tag_errors.is_empty()).then_some(*kind as u16 | code << 8)
+        (*scale == 1.0 && *rate == 1.0 && tag_errors.is_empty() && *offset <= PAYLOAD)
+            .then_some(1 + *kind as u32 + 6 * code)
     }
 }
 
@@ -154,8 +156,13 @@ impl Entry {
 /// service check's with `E` or `S`.
 pub(super) const LINE_KEY: u8 = 0x80;
 
-/// Slot bits of an entry kept in the side vector.
-const FAT: u16 = u16::MAX;
+/// A slot's value: the top five bits a code (0 = [`FAT`], else a plain entry's kind and
+/// layout, see [`Entry::plain`]), the low 27 bits a plain entry's series offset or a fat
+/// entry's index in the side vector.
+const CODE_SHIFT: u32 = 27;
+const PAYLOAD: u32 = (1 << CODE_SHIFT) - 1;
+/// The code of an entry kept in the side vector.
+const FAT: u32 = 0;
 
 const KINDS: [MetricType; 6] = [
     MetricType::Counter,
@@ -219,15 +226,28 @@ fn hash_key(hasher: &ahash::RandomState, key: &[u8]) -> u64 {
     }
 }
 
-/// One table slot: where the key's bytes are, and the entry (plain) or its index (fat).
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    key_at: u32,
-    key_len: u16,
-    /// A plain entry's series offset, or a fat entry's index.
-    value: u32,
-    /// `kind | layout << 8` for a plain entry, [`FAT`] otherwise.
-    bits: u16,
+/// A filed key's place in the arena: its entry's value (see [`CODE_SHIFT`]), four bytes
+/// little-endian; its length, one byte (or [`LONG`] and two more); its bytes. The table holds
+/// only this place (4 bytes a slot): a hit reads the value from the cache line it compares.
+type Slot = u32;
+
+/// Marks a two-byte length in the arena; any smaller byte is the length itself.
+const LONG: u8 = u8::MAX;
+
+/// The value and key filed at `at` in `arena`.
+#[inline(always)]
+fn filed(arena: &[u8], at: Slot) -> (u32, &[u8]) {
+    let at = at as usize;
+    let head = &arena[at..at + 5];
+    let value = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let key = match head[4] {
+        LONG => {
+            let long = &arena[at + 5..at + 7];
+            &arena[at + 7..][..usize::from(u16::from_le_bytes([long[0], long[1]]))]
+        }
+        len => &arena[at + 5..][..usize::from(len)],
+    };
+    (value, key)
 }
 
 /// See the module doc.
@@ -275,10 +295,11 @@ impl Cache {
     #[inline]
     pub fn get(&self, key: &[u8]) -> Option<Hit<'_>> {
         let keys = &self.keys;
-        let slot = self.table.find(hash_key(&self.hasher, key), |s| {
-            s.key_len as usize == key.len() && same(&keys[s.key_at as usize..][..key.len()], key)
+        let at = self.table.find(hash_key(&self.hasher, key), |&at| {
+            let k = filed(keys, at).1;
+            k.len() == key.len() && same(k, key)
         })?;
-        Some(self.read(slot))
+        Some(self.read(*at))
     }
 
     /// Looks up the line key `LINE_KEY, name_colon, tail` (`name_colon` ends at the line's
@@ -287,35 +308,36 @@ impl Cache {
     pub fn get_line(&self, name_colon: &[u8], tail: &[u8]) -> Option<Hit<'_>> {
         let keys = &self.keys;
         let len = 1 + name_colon.len() + tail.len();
-        let slot = self
+        let at = self
             .table
-            .find(self.hash(LINE_KEY, name_colon, tail), |s| {
-                if s.key_len as usize != len {
-                    return false;
-                }
-                let k = &keys[s.key_at as usize..][..len];
-                k[0] == LINE_KEY
+            .find(self.hash(LINE_KEY, name_colon, tail), |&at| {
+                let k = filed(keys, at).1;
+                k.len() == len
+                    && k[0] == LINE_KEY
                     && same(&k[1..1 + name_colon.len()], name_colon)
                     && same(&k[1 + name_colon.len()..], tail)
             })?;
-        Some(self.read(slot))
+        Some(self.read(*at))
     }
 
-    #[inline]
-    fn read(&self, slot: &Slot) -> Hit<'_> {
-        if slot.bits == FAT {
-            return self.fat[slot.value as usize].hit();
+    #[inline(always)]
+    fn read(&self, at: Slot) -> Hit<'_> {
+        let value = filed(&self.keys, at).0;
+        let (code, payload) = (value >> CODE_SHIFT, value & PAYLOAD);
+        if code == FAT {
+            return self.fat[payload as usize].hit();
         }
+        let code = code - 1;
         Hit {
             target: Target::Series {
-                offset: slot.value,
-                layout: match slot.bits >> 8 {
+                offset: payload,
+                layout: match code / 6 {
                     0 => Layout::Counter,
                     1 => Layout::Gauge,
                     _ => Layout::Set,
                 },
             },
-            kind: KINDS[(slot.bits & 0xff) as usize],
+            kind: KINDS[(code % 6) as usize],
             rate: 1.0,
             scale: 1.0,
             buckets: None,
@@ -325,39 +347,45 @@ impl Cache {
 
     /// Files `entry` under `key`, which must not be in the cache. A key over 64 KiB (only a
     /// TCP or Unix line can be that long) or one the arena cannot address (past 4 GiB of keys)
-    /// is not cached: it is resolved through the registry every time. The caller's size caps
-    /// clear the cache long before 4 GiB.
+    /// is not cached, nor an entry past the side vector's 2^27: it is resolved through the
+    /// registry every time. The caller's size caps clear the cache long before either.
     pub fn insert(&mut self, key: &[u8], entry: Entry) {
-        let (Ok(key_at), Ok(key_len)) = (u32::try_from(self.keys.len()), u16::try_from(key.len()))
+        let (Ok(key_at), Ok(len)) = (u32::try_from(self.keys.len()), u16::try_from(key.len()))
         else {
             return;
         };
-        if key_at.checked_add(u32::from(key_len)).is_none() {
+        if key_at.checked_add(u32::from(len) + 7).is_none() {
             return;
         }
-        let (value, bits) = match entry.plain() {
-            Some(bits) => match entry {
-                Entry::Series { offset, .. } => (offset, bits),
+        let value = match entry.plain() {
+            Some(code) => match entry {
+                Entry::Series { offset, .. } => offset | code << CODE_SHIFT,
                 Entry::Refused { .. } => unreachable!("plain() is Some only for a series"),
             },
             None => {
+                let Ok(index) = u32::try_from(self.fat.len()) else {
+                    return;
+                };
+                if index > PAYLOAD {
+                    return;
+                }
                 self.fat.push(entry);
-                ((self.fat.len() - 1) as u32, FAT)
+                index | FAT << CODE_SHIFT
             }
         };
+        self.keys.extend_from_slice(&value.to_le_bytes());
+        match u8::try_from(len) {
+            Ok(short) if short != LONG => self.keys.push(short),
+            _ => {
+                self.keys.push(LONG);
+                self.keys.extend_from_slice(&len.to_le_bytes());
+            }
+        }
         self.keys.extend_from_slice(key);
         let hash = hash_key(&self.hasher, key);
         let (keys, hasher) = (&self.keys, &self.hasher);
-        self.table.insert_unique(
-            hash,
-            Slot {
-                key_at,
-                key_len,
-                value,
-                bits,
-            },
-            |s| hash_key(hasher, &keys[s.key_at as usize..][..s.key_len as usize]),
-        );
+        self.table
+            .insert_unique(hash, key_at, |&at| hash_key(hasher, filed(keys, at).1));
     }
 }
 
@@ -378,9 +406,9 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_twelve_bytes_and_long_keys_are_not_cached() {
+    fn slots_are_four_bytes_and_long_keys_are_not_cached() {
         // The slot is most of what a series costs a worker: growing it should be a decision.
-        assert_eq!(std::mem::size_of::<Slot>(), 12);
+        assert_eq!(std::mem::size_of::<Slot>(), 4);
         let mut c = Cache::new();
         let long = vec![b'x'; usize::from(u16::MAX) + 1];
         c.insert(&long, series(1, Layout::Counter, MetricType::Counter, 1.0));
@@ -393,6 +421,49 @@ mod tests {
                 offset: 2,
                 layout: Layout::Counter
             }));
+    }
+
+    #[test]
+    fn every_length_code_and_large_offset_reads_back() {
+        let mut c = Cache::new();
+        let kinds = [
+            (Layout::Counter, MetricType::Counter),
+            (Layout::Counter, MetricType::Timer),
+            (Layout::Gauge, MetricType::Gauge),
+            (Layout::Set, MetricType::Set),
+            (Layout::Counter, MetricType::Distribution),
+        ];
+        // Lengths on both sides of the one-byte length's end, offsets on both sides of the
+        // slot's 27-bit payload (the larger ones kept in the side vector).
+        let lens = [0, 1, 7, 8, 253, 254, 255, 256, 300, 4096];
+        let offsets = [0, 5, PAYLOAD - 1, PAYLOAD, PAYLOAD + 1, u32::MAX];
+        let mut filed = Vec::new();
+        for (i, &len) in lens.iter().enumerate() {
+            for (j, &offset) in offsets.iter().enumerate() {
+                let (layout, kind) = kinds[(i + j) % kinds.len()];
+                let mut key = vec![b'a' + (j as u8); len];
+                key.extend_from_slice(&[i as u8, j as u8]);
+                c.insert(&key, series(offset, layout, kind, 1.0));
+                filed.push((key, offset, layout, kind));
+            }
+        }
+        assert_eq!(c.len(), filed.len());
+        for (key, offset, layout, kind) in &filed {
+            let h = c.get(key).expect("filed");
+            assert_eq!(
+                h.target,
+                Target::Series {
+                    offset: *offset,
+                    layout: *layout
+                },
+                "{} {offset}",
+                key.len()
+            );
+            assert_eq!((h.kind, h.scale, h.rate), (*kind, 1.0, 1.0));
+            let mut other = key.clone();
+            other.push(0);
+            assert!(c.get(&other).is_none());
+        }
     }
 
     #[test]

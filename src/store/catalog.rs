@@ -46,12 +46,13 @@ pub(super) enum State {
     Free,
 }
 
-/// One series. 36 bytes.
+/// One series. 32 bytes.
 #[derive(Debug)]
 pub(super) struct SeriesMeta {
-    /// Where its key (`family '\0' labels`) starts in the catalog's text, and its length.
+    /// Where its key (`family '\0' labels`) starts in the catalog's text.
     key_at: u32,
-    key_len: u32,
+    /// The key's length (below [`KEY_MAX`]), and the [`State`] in the top two bits.
+    len_state: u32,
     /// Its family's id.
     family: u32,
     /// Position in its family's member list.
@@ -60,7 +61,28 @@ pub(super) struct SeriesMeta {
     pub(super) layout: Layout,
     /// Expiry in stamp seconds; 0 = never.
     pub(super) ttl: u32,
-    pub(super) state: State,
+}
+
+/// Keys are shorter than this (1 GiB; see [`Catalog::has_room`]).
+const KEY_MAX: u32 = 1 << STATE_SHIFT;
+const STATE_SHIFT: u32 = 30;
+
+impl SeriesMeta {
+    pub(super) fn state(&self) -> State {
+        match self.len_state >> STATE_SHIFT {
+            0 => State::Live,
+            1 => State::Retiring,
+            _ => State::Free,
+        }
+    }
+
+    pub(super) fn set_state(&mut self, state: State) {
+        self.len_state = self.key_len() | (state as u32) << STATE_SHIFT;
+    }
+
+    fn key_len(&self) -> u32 {
+        self.len_state & (KEY_MAX - 1)
+    }
 }
 
 /// A metric family: its type claim and its members. 16 bytes.
@@ -261,7 +283,7 @@ impl Catalog {
 
     /// Whether the key text can take `len` more bytes (offsets are 32-bit).
     pub(super) fn has_room(&self, len: usize) -> bool {
-        self.text.len() + len <= u32::MAX as usize
+        len < KEY_MAX as usize && self.text.len() + len <= u32::MAX as usize
     }
 
     /// Adds a series with key `key` (`hash` from [`Catalog::key_hash`]; see
@@ -278,13 +300,12 @@ impl Catalog {
         self.text.push_str(key);
         let meta = SeriesMeta {
             key_at,
-            key_len: key.len() as u32,
+            len_state: key.len() as u32 | (State::Live as u32) << STATE_SHIFT,
             family: 0,
             pos: 0,
             offset: at.offset,
             layout: at.layout,
             ttl: at.ttl,
-            state: State::Live,
         };
         let id = match self.free_ids.pop() {
             Some(id) => {
@@ -394,10 +415,9 @@ impl Catalog {
             self.series[moved as usize].pos = pos as u32;
         }
         let m = &mut self.series[id as usize];
-        self.garbage += m.key_len as usize;
+        self.garbage += m.key_len() as usize;
         m.key_at = 0;
-        m.key_len = 0;
-        m.state = State::Free;
+        m.len_state = (State::Free as u32) << STATE_SHIFT;
         self.free_ids.push(id);
     }
 
@@ -447,7 +467,7 @@ impl Catalog {
         let live = self.text.len() - self.garbage;
         let mut text = String::with_capacity(live);
         for m in &mut self.series {
-            if m.state == State::Free {
+            if m.state() == State::Free {
                 continue;
             }
             let at = text.len() as u32;
@@ -486,7 +506,7 @@ fn name_part(key: &str) -> &str {
 }
 
 fn key_of<'a>(text: &'a str, m: &SeriesMeta) -> &'a str {
-    &text[m.key_at as usize..(m.key_at + m.key_len) as usize]
+    &text[m.key_at as usize..(m.key_at + m.key_len()) as usize]
 }
 
 #[cfg(test)]
@@ -568,7 +588,7 @@ mod tests {
     #[test]
     fn series_and_families_stay_small() {
         // With one metric name per series, both are paid per series.
-        assert_eq!(std::mem::size_of::<SeriesMeta>(), 36);
+        assert_eq!(std::mem::size_of::<SeriesMeta>(), 32);
         assert_eq!(std::mem::size_of::<Family>(), 16);
     }
 

@@ -10,7 +10,7 @@
 //! and there is no per-series padding (a counter costs 16 bytes per worker, not 128).
 //!
 //! # Finding a line's series
-//! Each writer also keeps its own cache (`cache`: 12-byte slots, keys in one arena) from raw
+//! Each writer also keeps its own cache (`cache`: 4-byte slots, keys and values in one arena) from raw
 //! keys to resolved series, filled on a miss from the registry (mutex) and emptied whole on a
 //! config swap or store epoch. A line seen before is found by its bytes minus the value (its
 //! *line key*), so only the value is parsed ([`Writer::line`]); the full parser runs on a miss
@@ -468,9 +468,9 @@ impl Store {
             if meta.layout != n.layout {
                 return Err(Refusal::Conflict);
             }
-            if meta.state == State::Retiring {
+            if meta.state() == State::Retiring {
                 // A lookup of a retiring series brings it back; it was never unexported data.
-                meta.state = State::Live;
+                meta.set_state(State::Live);
                 let pos = reg.retiring.iter().position(|r| r.id == id);
                 if let Some(p) = pos {
                     reg.retiring.swap_remove(p);
@@ -562,7 +562,7 @@ impl Store {
         while i < reg.retiring.len() {
             let Mark { id, epoch, print } = reg.retiring[i];
             let meta = reg.cat.series(id);
-            if meta.state != State::Retiring {
+            if meta.state() != State::Retiring {
                 reg.retiring.swap_remove(i);
                 continue;
             }
@@ -575,7 +575,7 @@ impl Store {
                 // Written since it was marked (a late increment through a writer's cached
                 // offset; every such write happens before this read, by `seen_epoch`): it
                 // lives on, with the increment.
-                reg.cat.series_mut(id).state = State::Live;
+                reg.cat.series_mut(id).set_state(State::Live);
                 continue;
             }
             self.reclaim(reg, &shards, id);
@@ -590,7 +590,7 @@ impl Store {
         for id in 0..reg.cat.slots() {
             let meta = reg.cat.series_mut(id);
             let ttl = u64::from(meta.ttl);
-            if ttl == 0 || meta.state != State::Live {
+            if ttl == 0 || meta.state() != State::Live {
                 continue;
             }
             if now.saturating_sub(Self::last_seen(&shards, meta)) < ttl {
@@ -601,7 +601,7 @@ impl Store {
             if now.saturating_sub(seen) < ttl {
                 continue;
             }
-            meta.state = State::Retiring;
+            meta.set_state(State::Retiring);
             reg.retiring.push(Mark {
                 id,
                 epoch: next_epoch,
@@ -704,7 +704,7 @@ impl Store {
             for i in from..fam.len() {
                 let Some(id) = fam.member(i) else { break };
                 let meta = cat.series(id);
-                if meta.state != State::Live {
+                if meta.state() != State::Live {
                     continue;
                 }
                 if left == 0 {
