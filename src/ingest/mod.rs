@@ -334,9 +334,12 @@ const SKB_OVERHEAD: u64 = 1024;
 /// At low and moderate rates each wakeup found a datagram or two: the wakeup, the syscall and
 /// the caches that the sender's core cooled down cost more than the lines (0.26 us per packed
 /// line at 200k lines/s against 0.12 us at 8M). Waiting lets datagrams gather in the kernel
-/// buffer, so one call takes many and the per-call costs are shared. The wait is bounded so
-/// that, at the rate just observed, the buffer fills to at most a quarter: a small buffer or a
-/// fast sender means a short wait or none, and a full batch means none.
+/// buffer, so one call takes many and the per-call costs are shared. The wait lasts until, at
+/// the rate just observed, a whole batch (`capacity`) has gathered, and never longer than
+/// [`COALESCE_MAX`] or than it takes the buffer to fill to a quarter: a small buffer or a fast
+/// sender means a short wait or none, and a full batch means none. (Waiting only after calls
+/// that found under a quarter of a batch, as before, woke twice per wait at steady low rates:
+/// once for the gathered datagrams, once for the next single one.)
 pub fn coalesce(
     n: usize,
     capacity: usize,
@@ -344,14 +347,16 @@ pub fn coalesce(
     interval: Duration,
     buffer: u64,
 ) -> Duration {
-    if n == 0 || n >= capacity.div_ceil(4) {
+    if n == 0 || n >= capacity {
         return Duration::ZERO;
     }
-    let charged = bytes + n as u64 * SKB_OVERHEAD;
     let nanos = interval.as_nanos().max(1) as u64;
+    // Nanoseconds until a batch has gathered at `n / nanos` datagrams per ns.
+    let batch = (capacity as u64).saturating_mul(nanos) / n as u64;
     // Nanoseconds until the buffer is a quarter full at `charged / nanos` bytes per ns.
+    let charged = bytes + n as u64 * SKB_OVERHEAD;
     let fill = (buffer / 4).saturating_mul(nanos) / charged.max(1);
-    let wait = Duration::from_nanos(fill).min(COALESCE_MAX);
+    let wait = Duration::from_nanos(batch.min(fill)).min(COALESCE_MAX);
     if wait < Duration::from_micros(50) {
         Duration::ZERO
     } else {
@@ -637,18 +642,27 @@ mod tests {
     #[test]
     fn coalescing_waits_only_while_the_buffer_has_room() {
         let ms = Duration::from_millis(1);
-        // A few one-line datagrams in 1 ms into 8 MiB: wait the full millisecond.
+        // A few one-line datagrams in 1 ms into 8 MiB: a batch of 32 would take 10.7 ms, so
+        // wait the most.
         assert_eq!(coalesce(3, 32, 60, ms, 8 << 20), COALESCE_MAX);
-        // Nothing, or a quarter of a batch or more: no wait.
+        // Nothing, or a whole batch: no wait.
         assert_eq!(coalesce(0, 32, 0, ms, 8 << 20), Duration::ZERO);
-        assert_eq!(coalesce(8, 32, 160, ms, 8 << 20), Duration::ZERO);
+        assert_eq!(coalesce(32, 32, 640, ms, 8 << 20), Duration::ZERO);
+        // Half a batch in 1 ms: the other half takes 2 ms from empty (the buffer's quarter,
+        // 2 MiB, would take 68 ms at 30 KB/ms).
+        assert_eq!(coalesce(16, 32, 14_400, ms, 8 << 20), 2 * ms);
         // 7 datagrams of 900 B every 50 us (13,468 B charged: 269 MB/s) into 208 KiB: a
-        // quarter of the buffer fills in 198 us, so the wait stops there.
+        // quarter of the buffer fills in 198 us (a batch in 228 us), so the wait stops there.
         let w = coalesce(7, 32, 6300, Duration::from_micros(50), 212_992);
         assert_eq!(w.as_micros(), 197, "{w:?}");
         // Into a 64 KiB buffer at that rate: under 50 us, so no wait at all.
         assert_eq!(
             coalesce(7, 32, 6300, Duration::from_micros(50), 16 << 10),
+            Duration::ZERO
+        );
+        // 31 of 32 in 10 us: the last one would come in under 50 us, so no wait.
+        assert_eq!(
+            coalesce(31, 32, 27_900, Duration::from_micros(10), 8 << 20),
             Duration::ZERO
         );
     }
