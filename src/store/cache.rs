@@ -127,7 +127,7 @@ impl Entry {
         }
     }
 
-    /// The slot code of a plain entry (`1 + kind + 6 * layout`, below [`FAT`]), or `None`.
+    /// The slot code of a plain entry (`1 + kind + 6 * layout`: never [`FAT`]), or `None`.
     fn plain(&self) -> Option<u32> {
         let Entry::Series {
             offset,
