@@ -1,5 +1,5 @@
 //! The thin facade over atomics, `Arc`, `Mutex`, lazily-published boxes and the config cell
-//! that the concurrent core ([`crate::store`], [`crate::config::Live`], readiness) is written
+//! that the concurrent core ([`crate::store`], [`crate::config::live::Live`], readiness) is written
 //! against.
 //!
 //! In a normal build these are the std types and `arc_swap::ArcSwap`. Built with

@@ -193,7 +193,7 @@ static PORT_PICK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// pick a port that another SO_REUSEPORT socket of the same user already holds, and the two
 /// listeners would then split each other's traffic (seen when two tallyds in one test process
 /// both listened on port 0). A probe socket without SO_REUSEPORT or SO_REUSEADDR picks a port
-/// nobody holds; the group binds to it while [`PORT_PICK`] is held, so two pickers in one
+/// nobody holds; the group binds to it while `PORT_PICK` is held, so two pickers in one
 /// process cannot pick the same one.
 pub fn bind_udp(cfg: &Udp, t: &Telemetry) -> io::Result<Vec<Socket>> {
     let label = cfg.label();

@@ -4,7 +4,7 @@
 //! Segments of [`SEG_WORDS`] words are allocated lazily, the first time the owning writer
 //! touches them, as arrays of 128-byte aligned lines (`CachePadded`), so two shards never share
 //! a cache line and a series costs its words (8 to 16 bytes for a counter) per worker, not a
-//! cache line. Segments are published through [`OnceBox`] (Acquire/AcqRel), so a scrape that
+//! cache line. Segments are published through `OnceBox` (Acquire/AcqRel), so a scrape that
 //! sees a segment sees it zeroed and whole; a segment a writer never touched reads as zeros.
 
 use crossbeam_utils::CachePadded;

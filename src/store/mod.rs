@@ -42,7 +42,7 @@
 //!   after, nothing else (`scrape_sums_counter_shards`).
 //! - *Publication*: a series is created under the registry mutex and its offset reaches
 //!   workers and the scrape only through that mutex (happens-before). A segment is published
-//!   by [`crate::sync::OnceBox`] (Acquire load, AcqRel compare-exchange), so no reader sees
+//!   by `crate::sync::OnceBox` (Acquire load, AcqRel compare-exchange), so no reader sees
 //!   uninitialised words. Two workers race to create one series in fresh segments while a
 //!   scrape walks the registry: nobody reads a word whose creation it has not synchronised
 //!   with, the series is exported once, with both increments
