@@ -234,20 +234,25 @@ type Slot = u32;
 /// Marks a two-byte length in the arena; any smaller byte is the length itself.
 const LONG: u8 = u8::MAX;
 
-/// The value and key filed at `at` in `arena`.
+/// The entry's value filed at `at` in `arena`.
 #[inline(always)]
-fn filed(arena: &[u8], at: Slot) -> (u32, &[u8]) {
+fn filed_value(arena: &[u8], at: Slot) -> u32 {
     let at = at as usize;
-    let head = &arena[at..at + 5];
-    let value = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-    let key = match head[4] {
+    let v = &arena[at..at + 4];
+    u32::from_le_bytes([v[0], v[1], v[2], v[3]])
+}
+
+/// The key filed at `at` in `arena` (after the value, and its length).
+#[inline(always)]
+fn filed_key(arena: &[u8], at: Slot) -> &[u8] {
+    let at = at as usize + 4;
+    match arena[at] {
         LONG => {
-            let long = &arena[at + 5..at + 7];
-            &arena[at + 7..][..usize::from(u16::from_le_bytes([long[0], long[1]]))]
+            let long = &arena[at + 1..at + 3];
+            &arena[at + 3..][..usize::from(u16::from_le_bytes([long[0], long[1]]))]
         }
-        len => &arena[at + 5..][..usize::from(len)],
-    };
-    (value, key)
+        len => &arena[at + 1..][..usize::from(len)],
+    }
 }
 
 /// See the module doc.
@@ -296,7 +301,7 @@ impl Cache {
     pub fn get(&self, key: &[u8]) -> Option<Hit<'_>> {
         let keys = &self.keys;
         let at = self.table.find(hash_key(&self.hasher, key), |&at| {
-            let k = filed(keys, at).1;
+            let k = filed_key(keys, at);
             k.len() == key.len() && same(k, key)
         })?;
         Some(self.read(*at))
@@ -311,7 +316,7 @@ impl Cache {
         let at = self
             .table
             .find(self.hash(LINE_KEY, name_colon, tail), |&at| {
-                let k = filed(keys, at).1;
+                let k = filed_key(keys, at);
                 k.len() == len
                     && k[0] == LINE_KEY
                     && same(&k[1..1 + name_colon.len()], name_colon)
@@ -322,7 +327,7 @@ impl Cache {
 
     #[inline(always)]
     fn read(&self, at: Slot) -> Hit<'_> {
-        let value = filed(&self.keys, at).0;
+        let value = filed_value(&self.keys, at);
         let (code, payload) = (value >> CODE_SHIFT, value & PAYLOAD);
         if code == FAT {
             return self.fat[payload as usize].hit();
@@ -385,7 +390,7 @@ impl Cache {
         let hash = hash_key(&self.hasher, key);
         let (keys, hasher) = (&self.keys, &self.hasher);
         self.table
-            .insert_unique(hash, key_at, |&at| hash_key(hasher, filed(keys, at).1));
+            .insert_unique(hash, key_at, |&at| hash_key(hasher, filed_key(keys, at)));
     }
 }
 
