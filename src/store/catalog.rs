@@ -1,7 +1,6 @@
-//! The series catalog, the data behind the store's registry lock: every series' key, layout and place, every family's type claim
-//! and members, and the families' name order for scrapes. Plain data;
-//! nothing here is touched by the hot path (writers reach it only on a cache
-//! miss).
+//! The series catalog, the data behind the store's registry lock: every series' key, layout
+//! and place, every family's type claim and members, and the families' name order for scrapes.
+//! Plain data; nothing here is touched by the hot path (writers reach it only on a cache miss).
 //!
 //! # Memory
 //! With one metric name per series (names that embed ids, `tallyd blast --names N`) a family
@@ -63,6 +62,11 @@ pub(super) struct SeriesMeta {
     pub(super) ttl: u32,
 }
 
+/// [`SeriesMeta::len_state`] of a key length (below [`KEY_MAX`]) and a state.
+fn len_state(len: u32, state: State) -> u32 {
+    len | (state as u32) << STATE_SHIFT
+}
+
 /// Keys are shorter than this (1 GiB; see [`Catalog::has_room`]).
 const KEY_MAX: u32 = 1 << STATE_SHIFT;
 const STATE_SHIFT: u32 = 30;
@@ -77,7 +81,7 @@ impl SeriesMeta {
     }
 
     pub(super) fn set_state(&mut self, state: State) {
-        self.len_state = self.key_len() | (state as u32) << STATE_SHIFT;
+        self.len_state = len_state(self.key_len(), state);
     }
 
     fn key_len(&self) -> u32 {
@@ -300,7 +304,7 @@ impl Catalog {
         self.text.push_str(key);
         let meta = SeriesMeta {
             key_at,
-            len_state: key.len() as u32 | (State::Live as u32) << STATE_SHIFT,
+            len_state: len_state(key.len() as u32, State::Live),
             family: 0,
             pos: 0,
             offset: at.offset,
@@ -417,7 +421,7 @@ impl Catalog {
         let m = &mut self.series[id as usize];
         self.garbage += m.key_len() as usize;
         m.key_at = 0;
-        m.len_state = (State::Free as u32) << STATE_SHIFT;
+        m.len_state = len_state(0, State::Free);
         self.free_ids.push(id);
     }
 

@@ -10,7 +10,7 @@
 //! and there is no per-series padding (a counter costs 16 bytes per worker, not 128).
 //!
 //! # Finding a line's series
-//! Each writer also keeps its own cache (`cache`: 4-byte slots, keys and values in one arena) from raw
+//! Each writer also keeps its own cache (`cache`: 4-byte slots, keys in one arena) from raw
 //! keys to resolved series, filled on a miss from the registry (mutex) and emptied whole on a
 //! config swap or store epoch. A line seen before is found by its bytes minus the value (its
 //! *line key*), so only the value is parsed ([`Writer::line`]); the full parser runs on a miss
