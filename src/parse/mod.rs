@@ -16,6 +16,7 @@
 //!   counted as a tag error.
 
 use memchr::memchr;
+use wide::u8x16;
 
 /// The most `|#` tag fields kept from one line; more are counted as a tag error.
 pub const MAX_TAG_FIELDS: usize = 4;
@@ -285,34 +286,103 @@ fn take_line<'a>(r: &'a [u8], end: Option<usize>, rest: &mut Option<&'a [u8]>) -
 }
 
 /// The lines of [`lines`], each with the places of its first `:` and of the first `|` after
-/// it (`None` unless both are there), found in the same pass that finds the line's end: each
-/// byte of a `name:value|type` line is read once.
-pub fn split_lines(datagram: &[u8]) -> impl Iterator<Item = (&[u8], Option<(usize, usize)>)> {
-    let mut rest = Some(datagram);
+/// it (`None` unless both are there).
+///
+/// The datagram's separators are indexed first ([`Separators`]): every byte is read once, and
+/// no block's bits depend on another's. Lines are then found from the index's bits. Searching
+/// line by line instead makes each line's search wait for the last one's end, three searches
+/// per line in a row: the split took a quarter of the line-key path's time that way.
+pub fn split_lines<'a>(
+    datagram: &'a [u8],
+    seps: &'a mut Separators,
+) -> impl Iterator<Item = (&'a [u8], Option<(usize, usize)>)> + 'a {
+    seps.index(datagram);
+    let seps = &*seps;
+    let mut at = 0;
     std::iter::from_fn(move || {
-        loop {
-            let r = rest?;
-            let mut split = None;
-            let after = |from: usize, hit: Option<usize>| hit.map(|i| i + from);
-            let end = match find_either(b':', b'\n', r) {
-                Some(c) if r[c] == b':' => {
-                    match after(c + 1, find_either(b'|', b'\n', &r[c + 1..])) {
-                        Some(b) if r[b] == b'|' => {
-                            split = Some((c, b));
-                            after(b + 1, find_byte(b'\n', &r[b + 1..]))
-                        }
-                        other => other,
-                    }
-                }
-                other => other,
-            };
+        while at < datagram.len() {
+            let start = at;
+            let end = seps
+                .first(Separators::NL, start, datagram.len())
+                .unwrap_or(datagram.len());
+            at = end + 1;
             // A stripped `\r` is the last byte, after any `|`.
-            let line = take_line(r, end, &mut rest);
-            if !line.is_empty() {
-                return Some((line, split));
+            let line = &datagram[start..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                continue;
             }
+            let split = seps.first(Separators::COLON, start, end).and_then(|c| {
+                seps.first(Separators::BAR, c + 1, end)
+                    .map(|b| (c - start, b - start))
+            });
+            return Some((line, split));
         }
+        None
     })
+}
+
+/// Where a datagram's separators are: for each 64-byte block, a bit per byte that is a `\n`,
+/// one per `:` and one per `|`. A writer keeps one and reuses it, so indexing allocates nothing
+/// once it has seen its largest datagram.
+#[derive(Debug, Default)]
+pub struct Separators {
+    blocks: Vec<[u64; 3]>,
+}
+
+impl Separators {
+    const NL: usize = 0;
+    const COLON: usize = 1;
+    const BAR: usize = 2;
+
+    /// Indexes `d` (the last block's bytes past its end count as none of the three).
+    fn index(&mut self, d: &[u8]) {
+        self.blocks.clear();
+        let mut chunks = d.chunks_exact(64);
+        for c in &mut chunks {
+            self.blocks.push(block_bits(c));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 64];
+            last[..rest.len()].copy_from_slice(rest);
+            self.blocks.push(block_bits(&last));
+        }
+    }
+
+    /// The first byte of separator `kind` in `from..to` (`to` within the indexed datagram).
+    #[inline(always)]
+    fn first(&self, kind: usize, from: usize, to: usize) -> Option<usize> {
+        let mut block = from / 64;
+        let mut bits = self.blocks.get(block)?[kind] & (u64::MAX << (from % 64));
+        loop {
+            if bits != 0 {
+                let at = block * 64 + bits.trailing_zeros() as usize;
+                return (at < to).then_some(at);
+            }
+            block += 1;
+            if block * 64 >= to {
+                return None;
+            }
+            bits = self.blocks[block][kind];
+        }
+    }
+}
+
+/// The separator bits of one 64-byte block ([`Separators`]), sixteen bytes at a time (one
+/// vector compare and mask per separator: SSE2 on x86-64, NEON on aarch64, through `wide`'s
+/// safe types). Gathering the bits eight bytes at a time with integer arithmetic took five
+/// times the instructions, a ninth of the line-key path.
+#[inline(always)]
+fn block_bits(block: &[u8]) -> [u64; 3] {
+    let mut bits = [0u64; 3];
+    for (i, v) in block.chunks_exact(16).enumerate() {
+        let v = u8x16::new(v.try_into().unwrap_or([0; 16]));
+        for (b, sep) in bits.iter_mut().zip([b'\n', b':', b'|']) {
+            *b |= u64::from(v.simd_eq(u8x16::splat(sep)).to_bitmask()) << (16 * i);
+        }
+    }
+    bits
 }
 
 /// SWAR masks: the high bit of every byte of `w` equal to `b`, and possibly of bytes above the
@@ -323,17 +393,6 @@ fn byte_hits(w: u64, b: u8) -> u64 {
     const HI: u64 = 0x8080_8080_8080_8080;
     let x = w ^ (LO * u64::from(b));
     x.wrapping_sub(LO) & !x & HI
-}
-
-/// The first byte of `hay` that is `a` or `b`, as [`find_byte`] searches.
-#[inline]
-pub fn find_either(a: u8, b: u8, hay: &[u8]) -> Option<usize> {
-    search(
-        hay,
-        |w| byte_hits(w, a) | byte_hits(w, b),
-        |c| c == a || c == b,
-        |tail| memchr::memchr2(a, b, tail),
-    )
 }
 
 /// The first byte `is` accepts: `hits` (a SWAR mask per word, lowest set bit exact) eight bytes
@@ -582,7 +641,8 @@ pub fn parse_value_bytes(b: &[u8]) -> Result<f64, ParseError> {
         let n = digits
             .iter()
             .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-        let v = n as f64;
+        // Below 10^15, so through i64: one conversion instruction (u64 -> f64 takes six).
+        let v = n as i64 as f64;
         return Ok(if b[0] == b'-' { -v } else { v });
     }
     parse_decimal(b)

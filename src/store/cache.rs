@@ -163,6 +163,15 @@ const CODE_SHIFT: u32 = 27;
 const PAYLOAD: u32 = (1 << CODE_SHIFT) - 1;
 /// The code of an entry kept in the side vector.
 const FAT: u32 = 0;
+/// The code of a plain counter series fed by counter samples: what most lines hit.
+const PLAIN_COUNTER: u32 = 1 + MetricType::Counter as u32;
+
+/// The series offset of a filed value that is a plain counter entry (kind and layout counter,
+/// scale and rate 1, no tag errors): its sample is only added to the offset's counter.
+#[inline(always)]
+pub(super) fn plain_counter(value: u32) -> Option<u32> {
+    (value >> CODE_SHIFT == PLAIN_COUNTER).then_some(value & PAYLOAD)
+}
 
 const KINDS: [MetricType; 6] = [
     MetricType::Counter,
@@ -175,7 +184,7 @@ const KINDS: [MetricType; 6] = [
 
 /// `a == b` for slices of equal length, eight bytes at a time (four, or one, below eight): keys
 /// are a few dozen bytes, where a call to libc's `memcmp` costs more than the compare.
-#[inline]
+#[inline(always)]
 fn same(a: &[u8], b: &[u8]) -> bool {
     debug_assert_eq!(a.len(), b.len());
     let n = a.len();
@@ -199,30 +208,30 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     word(a, n - 8) == word(b, n - 8)
 }
 
-/// A key's hash, from its pieces: the first byte, then for a line key the bytes up to and
-/// including the first `:` (the name) and the rest, for any other key the rest. A line key is
-/// thus looked up from the line's own bytes ([`Cache::get_line`]), never copied.
-#[inline]
-fn hash_parts(hasher: &ahash::RandomState, tag: u8, a: &[u8], b: &[u8]) -> u64 {
+/// A key's hash, from its pieces: for a line key the bytes after its first byte up to and
+/// including the first `:` (the name), then the rest; for any other key the whole key. A line
+/// key is thus hashed from the line's own bytes ([`Cache::line_hash`]), never copied. The
+/// first byte of a line key ([`LINE_KEY`]) is left out: a third multiply in the hash's
+/// dependency chain, for keys the compare tells apart anyway.
+#[inline(always)]
+fn hash_parts(hasher: &foldhash::fast::RandomState, a: &[u8], b: &[u8]) -> u64 {
     let mut h = hasher.build_hasher();
-    h.write_u8(tag);
     h.write(a);
     h.write(b);
     h.finish()
 }
 
 /// [`hash_parts`] of a whole stored key.
-fn hash_key(hasher: &ahash::RandomState, key: &[u8]) -> u64 {
+fn hash_key(hasher: &foldhash::fast::RandomState, key: &[u8]) -> u64 {
     match key.split_first() {
         Some((&LINE_KEY, rest)) => {
             let at = rest
                 .iter()
                 .position(|&c| c == b':')
                 .map_or(rest.len(), |i| i + 1);
-            hash_parts(hasher, LINE_KEY, &rest[..at], &rest[at..])
+            hash_parts(hasher, &rest[..at], &rest[at..])
         }
-        Some((&tag, rest)) => hash_parts(hasher, tag, rest, &[]),
-        None => hash_parts(hasher, 0, &[], &[]),
+        _ => hash_parts(hasher, key, &[]),
     }
 }
 
@@ -260,7 +269,7 @@ pub(super) struct Cache {
     table: HashTable<Slot>,
     keys: Vec<u8>,
     fat: Vec<Entry>,
-    hasher: ahash::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Cache {
@@ -269,7 +278,7 @@ impl Cache {
             table: HashTable::new(),
             keys: Vec::new(),
             fat: Vec::new(),
-            hasher: ahash::RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
@@ -290,10 +299,10 @@ impl Cache {
         self.fat.clear();
     }
 
-    /// [`hash_parts`] with this cache's seed.
-    #[inline]
-    fn hash(&self, tag: u8, a: &[u8], b: &[u8]) -> u64 {
-        hash_parts(&self.hasher, tag, a, b)
+    /// The hash of the line key `LINE_KEY, name_colon, tail` ([`Cache::line_value`]).
+    #[inline(always)]
+    pub fn line_hash(&self, name_colon: &[u8], tail: &[u8]) -> u64 {
+        hash_parts(&self.hasher, name_colon, tail)
     }
 
     /// Looks up a sample key (or any key, whole).
@@ -309,25 +318,39 @@ impl Cache {
 
     /// Looks up the line key `LINE_KEY, name_colon, tail` (`name_colon` ends at the line's
     /// first `:`, `tail` is the line from the `|` after the value).
-    #[inline]
+    #[cfg(test)]
     pub fn get_line(&self, name_colon: &[u8], tail: &[u8]) -> Option<Hit<'_>> {
+        let hash = self.line_hash(name_colon, tail);
+        self.line_value(hash, name_colon, tail)
+            .map(|v| self.decode(v))
+    }
+
+    /// [`Cache::get_line`]'s filed value, undecoded, the key's [`Cache::line_hash`] given (the
+    /// caller computes it a line ahead, so its multiplies overlap the previous line's work):
+    /// [`plain_counter`] reads the common case from it without building a [`Hit`],
+    /// [`Cache::decode`] any other.
+    #[inline]
+    pub fn line_value(&self, hash: u64, name_colon: &[u8], tail: &[u8]) -> Option<u32> {
         let keys = &self.keys;
         let len = 1 + name_colon.len() + tail.len();
-        let at = self
-            .table
-            .find(self.hash(LINE_KEY, name_colon, tail), |&at| {
-                let k = filed_key(keys, at);
-                k.len() == len
-                    && k[0] == LINE_KEY
-                    && same(&k[1..1 + name_colon.len()], name_colon)
-                    && same(&k[1 + name_colon.len()..], tail)
-            })?;
-        Some(self.read(*at))
+        let at = self.table.find(hash, |&at| {
+            let k = filed_key(keys, at);
+            k.len() == len
+                && k[0] == LINE_KEY
+                && same(&k[1..1 + name_colon.len()], name_colon)
+                && same(&k[1 + name_colon.len()..], tail)
+        })?;
+        Some(filed_value(keys, *at))
     }
 
     #[inline(always)]
     fn read(&self, at: Slot) -> Hit<'_> {
-        let value = filed_value(&self.keys, at);
+        self.decode(filed_value(&self.keys, at))
+    }
+
+    /// The hit a filed value stands for.
+    #[inline(always)]
+    pub fn decode(&self, value: u32) -> Hit<'_> {
         let (code, payload) = (value >> CODE_SHIFT, value & PAYLOAD);
         if code == FAT {
             return self.fat[payload as usize].hit();

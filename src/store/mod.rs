@@ -416,6 +416,7 @@ impl Store {
             cache: Cache::new(),
             key: Vec::with_capacity(256),
             line_key: Vec::with_capacity(256),
+            seps: parse::Separators::default(),
             has_line_key: false,
             pending: None,
             pending_key: Vec::with_capacity(256),
@@ -919,6 +920,8 @@ pub struct Writer {
     key: Vec<u8>,
     /// The current line's line key, if it has one ([`line_split`]).
     line_key: Vec<u8>,
+    /// The separator index [`Writer::ingest`] reuses for every datagram.
+    seps: parse::Separators,
     has_line_key: bool,
     /// The entry of the current line's first sample, held back from the cache until the parse
     /// tells whether it is filed under the line key or its sample key (`pending_key`); `true`
@@ -1130,9 +1133,27 @@ impl Writer {
     /// line was cut off by the buffer: it is counted as truncated and not parsed.
     pub fn ingest(&mut self, datagram: &[u8], truncated: bool) {
         if !truncated {
-            for (line, colon_bar) in parse::split_lines(datagram) {
-                self.split_line(line, colon_bar);
+            // Lines are split and their keys hashed up to `AHEAD` at a time, then looked up:
+            // two tight loops, in which one line's work (the hash's multiplies, the table's
+            // loads) overlaps the next line's instead of waiting for it.
+            let mut seps = std::mem::take(&mut self.seps);
+            let mut lines = parse::split_lines(datagram, &mut seps);
+            let mut ahead = [(&[][..], None, 0); AHEAD];
+            loop {
+                let mut n = 0;
+                for (slot, line) in ahead.iter_mut().zip(lines.by_ref()) {
+                    *slot = self.hashed(line);
+                    n += 1;
+                }
+                for &(line, colon_bar, hash) in &ahead[..n] {
+                    self.split_line(line, colon_bar, hash);
+                }
+                if n < AHEAD {
+                    break;
+                }
             }
+            drop(lines);
+            self.seps = seps;
             return;
         }
         let mut lines = parse::lines(datagram).peekable();
@@ -1161,17 +1182,51 @@ impl Writer {
         let colon = parse::find_byte(b':', line);
         let bar =
             colon.and_then(|c| parse::find_byte(b'|', &line[c + 1..]).map(|b| (c, c + 1 + b)));
-        self.split_line(line, bar);
+        let (line, colon_bar, hash) = self.hashed((line, bar));
+        self.split_line(line, colon_bar, hash);
+    }
+
+    /// A line of [`parse::split_lines`] with the hash of its line key (0 if it has none).
+    #[inline(always)]
+    fn hashed<'a>(
+        &self,
+        (line, colon_bar): (&'a [u8], Option<(usize, usize)>),
+    ) -> (&'a [u8], Option<(usize, usize)>, u64) {
+        let hash = colon_bar.map_or(0, |(c, b)| self.cache.line_hash(&line[..=c], &line[b..]));
+        (line, colon_bar, hash)
     }
 
     /// [`Writer::line`] with the line's first `:` and the first `|` after it already found
-    /// ([`parse::split_lines`]).
-    fn split_line(&mut self, line: &[u8], colon_bar: Option<(usize, usize)>) {
+    /// ([`parse::split_lines`]), and its line key's hash ([`Writer::hashed`]).
+    #[inline(always)]
+    fn split_line(&mut self, line: &[u8], colon_bar: Option<(usize, usize)>, hash: u64) {
         self.stats.lines += 1;
+        let found = colon_bar
+            .and_then(|(colon, bar)| self.cache.line_value(hash, &line[..=colon], &line[bar..]));
+        // The common case, a counter series fed by a counter line, inline and without a
+        // `Hit`: what `settle` and `apply` do for it. (`counter_value` refuses a v1.1 pack's
+        // `1:2`, so the value is a plain one.)
+        if let (Some((colon, bar)), Some(offset)) =
+            (colon_bar, found.and_then(cache::plain_counter))
+            && let Some(v) = counter_value(&line[colon + 1..bar])
+        {
+            self.stats.cache_hits += 1;
+            self.stats.samples[Stats::sample_kind_index(MetricType::Counter)] += 1;
+            self.shard.add_counter(offset, v, self.batch.stamp);
+            return;
+        }
+        self.other_line(line, colon_bar, found);
+    }
+
+    /// [`Writer::split_line`] for any line but a known counter's: a known line key's other
+    /// entries (`found`: its filed value) settle through the `Hit` they decode to, the rest
+    /// takes the full parse.
+    #[inline(never)]
+    fn other_line(&mut self, line: &[u8], colon_bar: Option<(usize, usize)>, found: Option<u32>) {
         let split = colon_bar.filter(|&(c, b)| plain_value(&line[c + 1..b]));
         self.has_line_key = split.is_some();
         if let Some((colon, bar)) = split {
-            if let Some(h) = self.cache.get_line(&line[..=colon], &line[bar..])
+            if let Some(h) = found.map(|v| self.cache.decode(v))
                 && let Target::Series { .. } = h.target
                 && let Some(s) = quick_sample(&line[colon + 1..bar], h.kind, h.rate)
             {
@@ -1548,6 +1603,9 @@ impl Writer {
     }
 }
 
+/// Lines a writer splits and hashes ahead of looking them up ([`Writer::ingest`]).
+const AHEAD: usize = 64;
+
 /// A writer empties its cache when the keys in it pass this many bytes.
 const CACHE_KEY_BYTES: usize = 256 << 20;
 
@@ -1574,6 +1632,13 @@ fn quick_sample(raw: &[u8], kind: MetricType, rate: f64) -> Option<Obs<'static>>
         rate,
         member: "",
     })
+}
+
+/// A counter line's value as [`quick_sample`] takes it (a number the parser accepts, not
+/// negative), or `None`.
+#[inline(always)]
+fn counter_value(raw: &[u8]) -> Option<f64> {
+    parse::parse_value_bytes(raw).ok().filter(|v| *v >= 0.0)
 }
 
 /// Set members hash the same in every worker, so their registers merge.
