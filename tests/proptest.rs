@@ -256,10 +256,10 @@ proptest! {
             prop::sample::select(b"ab:|\n\r1".to_vec()),
             0..200,
         ),
-        pad in 0usize..60,
+        pad in 0usize..150,
     ) {
         let mut d = d;
-        // A long name first, so some lines reach past the unrolled head.
+        // A long name first, so some lines reach past a 64-byte window and across blocks.
         d.splice(0..0, std::iter::repeat_n(b'n', pad));
         // The index is reused, as a writer reuses it: first for a longer, other datagram.
         let mut seps = parse::Separators::default();

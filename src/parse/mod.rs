@@ -302,21 +302,14 @@ pub fn split_lines<'a>(
     std::iter::from_fn(move || {
         while at < datagram.len() {
             let start = at;
-            let end = seps
-                .first(Separators::NL, start, datagram.len())
-                .unwrap_or(datagram.len());
+            let (end, split) = seps.line_at(start, datagram.len());
             at = end + 1;
             // A stripped `\r` is the last byte, after any `|`.
             let line = &datagram[start..end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.is_empty() {
-                continue;
+            if !line.is_empty() {
+                return Some((line, split));
             }
-            let split = seps.first(Separators::COLON, start, end).and_then(|c| {
-                seps.first(Separators::BAR, c + 1, end)
-                    .map(|b| (c - start, b - start))
-            });
-            return Some((line, split));
         }
         None
     })
@@ -348,6 +341,54 @@ impl Separators {
             last[..rest.len()].copy_from_slice(rest);
             self.blocks.push(block_bits(&last));
         }
+        // A block of none past the end: a window ([`Separators::line_at`]) may reach into it.
+        self.blocks.push([0; 3]);
+    }
+
+    /// The end of the line that starts at `start` (its `\n`, or `len`, the datagram's end) and
+    /// the places of its first `:` and the first `|` after it, relative to `start`.
+    ///
+    /// A line that ends within 64 bytes is read from one 64-bit window of each kind's bits
+    /// (two blocks' words shifted together): no loop, and no search that waits for another.
+    #[inline(always)]
+    fn line_at(&self, start: usize, len: usize) -> (usize, Option<(usize, usize)>) {
+        let (block, shift) = (start / 64, (start % 64) as u32);
+        let (lo, hi) = match self.blocks.get(block..block + 2) {
+            Some(&[lo, hi]) => (lo, hi),
+            _ => return self.line_searched(start, len),
+        };
+        // Bits `start..start + 64` of a kind (the second shift in two steps: none at 0).
+        let window = |kind: usize| (lo[kind] >> shift) | ((hi[kind] << 1) << (63 - shift));
+        let nl = window(Self::NL);
+        let end = if nl != 0 {
+            nl.trailing_zeros()
+        } else if len - start <= 64 {
+            (len - start) as u32
+        } else {
+            return self.line_searched(start, len);
+        };
+        if end == 0 {
+            return (start, None);
+        }
+        let inside = u64::MAX >> (64 - end);
+        let colons = window(Self::COLON) & inside;
+        if colons == 0 {
+            return (start + end as usize, None);
+        }
+        let colon = colons.trailing_zeros();
+        let bars = window(Self::BAR) & inside & ((u64::MAX << colon) << 1);
+        let split = (bars != 0).then(|| (colon as usize, bars.trailing_zeros() as usize));
+        (start + end as usize, split)
+    }
+
+    /// [`Separators::line_at`] for any line, block by block.
+    fn line_searched(&self, start: usize, len: usize) -> (usize, Option<(usize, usize)>) {
+        let end = self.first(Self::NL, start, len).unwrap_or(len);
+        let split = self.first(Self::COLON, start, end).and_then(|c| {
+            self.first(Self::BAR, c + 1, end)
+                .map(|b| (c - start, b - start))
+        });
+        (end, split)
     }
 
     /// The first byte of separator `kind` in `from..to` (`to` within the indexed datagram).

@@ -329,18 +329,23 @@ impl Cache {
     /// caller computes it a line ahead, so its multiplies overlap the previous line's work):
     /// [`plain_counter`] reads the common case from it without building a [`Hit`],
     /// [`Cache::decode`] any other.
-    #[inline]
+    #[inline(always)]
     pub fn line_value(&self, hash: u64, name_colon: &[u8], tail: &[u8]) -> Option<u32> {
         let keys = &self.keys;
         let len = 1 + name_colon.len() + tail.len();
-        let at = self.table.find(hash, |&at| {
+        // The candidates (slots whose control byte matches) compared here, inline: through
+        // `HashTable::find` the compare was a call per line.
+        for &at in self.table.iter_hash(hash) {
             let k = filed_key(keys, at);
-            k.len() == len
+            if k.len() == len
                 && k[0] == LINE_KEY
                 && same(&k[1..1 + name_colon.len()], name_colon)
                 && same(&k[1 + name_colon.len()..], tail)
-        })?;
-        Some(filed_value(keys, *at))
+            {
+                return Some(filed_value(keys, at));
+            }
+        }
+        None
     }
 
     #[inline(always)]

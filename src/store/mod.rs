@@ -1140,14 +1140,8 @@ impl Writer {
             let mut lines = parse::split_lines(datagram, &mut seps);
             let mut ahead = [(&[][..], None, 0); AHEAD];
             loop {
-                let mut n = 0;
-                for (slot, line) in ahead.iter_mut().zip(lines.by_ref()) {
-                    *slot = self.hashed(line);
-                    n += 1;
-                }
-                for &(line, colon_bar, hash) in &ahead[..n] {
-                    self.split_line(line, colon_bar, hash);
-                }
+                let n = self.hash_ahead(&mut lines, &mut ahead);
+                self.lines_hashed(&ahead[..n]);
                 if n < AHEAD {
                     break;
                 }
@@ -1188,12 +1182,36 @@ impl Writer {
 
     /// A line of [`parse::split_lines`] with the hash of its line key (0 if it has none).
     #[inline(always)]
-    fn hashed<'a>(
-        &self,
-        (line, colon_bar): (&'a [u8], Option<(usize, usize)>),
-    ) -> (&'a [u8], Option<(usize, usize)>, u64) {
-        let hash = colon_bar.map_or(0, |(c, b)| self.cache.line_hash(&line[..=c], &line[b..]));
+    fn hashed<'a>(&self, (line, colon_bar): SplitLine<'a>) -> HashedLine<'a> {
+        let hash = match colon_bar {
+            Some((c, b)) => self.cache.line_hash(&line[..=c], &line[b..]),
+            None => 0,
+        };
         (line, colon_bar, hash)
+    }
+
+    /// The first pass of [`Writer::ingest`]: up to [`AHEAD`] lines split and hashed. Its own
+    /// function, as is the second pass, so the compiler inlines each pass's steps into it.
+    #[inline(never)]
+    fn hash_ahead<'a>(
+        &self,
+        lines: &mut impl Iterator<Item = SplitLine<'a>>,
+        ahead: &mut [HashedLine<'a>; AHEAD],
+    ) -> usize {
+        let mut n = 0;
+        for (slot, line) in ahead.iter_mut().zip(lines) {
+            *slot = self.hashed(line);
+            n += 1;
+        }
+        n
+    }
+
+    /// The second pass of [`Writer::ingest`]: the hashed lines looked up and settled.
+    #[inline(never)]
+    fn lines_hashed(&mut self, lines: &[HashedLine<'_>]) {
+        for &(line, colon_bar, hash) in lines {
+            self.split_line(line, colon_bar, hash);
+        }
     }
 
     /// [`Writer::line`] with the line's first `:` and the first `|` after it already found
@@ -1201,8 +1219,10 @@ impl Writer {
     #[inline(always)]
     fn split_line(&mut self, line: &[u8], colon_bar: Option<(usize, usize)>, hash: u64) {
         self.stats.lines += 1;
-        let found = colon_bar
-            .and_then(|(colon, bar)| self.cache.line_value(hash, &line[..=colon], &line[bar..]));
+        let found = match colon_bar {
+            Some((colon, bar)) => self.cache.line_value(hash, &line[..=colon], &line[bar..]),
+            None => None,
+        };
         // The common case, a counter series fed by a counter line, inline and without a
         // `Hit`: what `settle` and `apply` do for it. (`counter_value` refuses a v1.1 pack's
         // `1:2`, so the value is a plain one.)
@@ -1605,6 +1625,11 @@ impl Writer {
 
 /// Lines a writer splits and hashes ahead of looking them up ([`Writer::ingest`]).
 const AHEAD: usize = 64;
+
+/// A line of [`parse::split_lines`]: its bytes, and its first `:` and the `|` after it.
+type SplitLine<'a> = (&'a [u8], Option<(usize, usize)>);
+/// A [`SplitLine`] and the hash of its line key ([`Writer::hashed`]).
+type HashedLine<'a> = (&'a [u8], Option<(usize, usize)>, u64);
 
 /// A writer empties its cache when the keys in it pass this many bytes.
 const CACHE_KEY_BYTES: usize = 256 << 20;
