@@ -326,7 +326,7 @@ impl Cache {
     }
 
     /// [`Cache::get_line`]'s filed value, undecoded, the key's [`Cache::line_hash`] given (the
-    /// caller computes it a line ahead, so its multiplies overlap the previous line's work):
+    /// writer hashes a datagram's lines ahead of their lookups, see [`super::Writer::ingest`]):
     /// [`plain_counter`] reads the common case from it without building a [`Hit`],
     /// [`Cache::decode`] any other.
     #[inline(always)]

@@ -1163,9 +1163,9 @@ impl Writer {
 
     /// Parses and aggregates one line.
     ///
-    /// A line seen before skips the parser: its bytes without the value (the line key, found
-    /// with two memchrs) look up the entry its first full parse left, and only the value is
-    /// parsed. The full parse runs on a miss, and files its one sample's entry under the line
+    /// A line seen before skips the parser: its bytes without the value (the line key: up to
+    /// the first `:`, and from the `|` after it) look up the entry its first full parse left,
+    /// and only the value is parsed; a counter's value is then added inline. The full parse runs on a miss, and files its one sample's entry under the line
     /// key when nothing but the value can change its outcome: exactly one sample, not a set
     /// (whose "value" is the member), no unknown or excess fields (counted per line), a plain
     /// value (a `:` in it is a v1.1 pack). A hit whose value the fast check refuses (a bad
