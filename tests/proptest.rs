@@ -265,7 +265,9 @@ proptest! {
         let mut seps = parse::Separators::default();
         let other: Vec<u8> = d.iter().rev().chain(&d).copied().collect();
         prop_assert_eq!(parse::split_lines(&other, &mut seps).count(), parse::lines(&other).count());
-        let got: Vec<_> = parse::split_lines(&d, &mut seps).collect();
+        let got: Vec<_> = parse::split_lines(&d, &mut seps)
+            .map(|s| (&d[s.start..s.end], s.colon_bar))
+            .collect();
         let want: Vec<_> = parse::lines(&d)
             .map(|l| {
                 let colon = l.iter().position(|&c| c == b':');

@@ -285,8 +285,20 @@ fn take_line<'a>(r: &'a [u8], end: Option<usize>, rest: &mut Option<&'a [u8]>) -
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-/// The lines of [`lines`], each with the places of its first `:` and of the first `|` after
-/// it (`None` unless both are there).
+/// Where a line of [`split_lines`] is in its datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineSpan {
+    /// The line's first byte.
+    pub start: usize,
+    /// Past the line's last byte (a trailing `\r` left out).
+    pub end: usize,
+    /// The places of the line's first `:` and of the first `|` after it (`None` unless both
+    /// are there), from the line's start.
+    pub colon_bar: Option<(usize, usize)>,
+}
+
+/// The lines of [`lines`], as places in the datagram ([`LineSpan`]): they can be kept without
+/// borrowing it.
 ///
 /// The datagram's separators are indexed first ([`Separators`]): every byte is read once, and
 /// no block's bits depend on another's. Lines are then found from the index's bits. Searching
@@ -295,20 +307,27 @@ fn take_line<'a>(r: &'a [u8], end: Option<usize>, rest: &mut Option<&'a [u8]>) -
 pub fn split_lines<'a>(
     datagram: &'a [u8],
     seps: &'a mut Separators,
-) -> impl Iterator<Item = (&'a [u8], Option<(usize, usize)>)> + 'a {
+) -> impl Iterator<Item = LineSpan> + 'a {
     seps.index(datagram);
     let seps = &*seps;
     let mut at = 0;
     std::iter::from_fn(move || {
         while at < datagram.len() {
             let start = at;
-            let (end, split) = seps.line_at(start, datagram.len());
+            let (end, colon_bar) = seps.line_at(start, datagram.len());
             at = end + 1;
             // A stripped `\r` is the last byte, after any `|`.
-            let line = &datagram[start..end];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if !line.is_empty() {
-                return Some((line, split));
+            let end = if end > start && datagram[end - 1] == b'\r' {
+                end - 1
+            } else {
+                end
+            };
+            if end > start {
+                return Some(LineSpan {
+                    start,
+                    end,
+                    colon_bar,
+                });
             }
         }
         None

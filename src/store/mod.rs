@@ -105,7 +105,7 @@ use names::{TagError, TagErrors};
 
 use crate::config::live::{Live, Snapshot};
 use crate::config::mapping::Mapped;
-use crate::parse::{self, LineInfo, MetricType, ParseError, Parsed, Sample, Special};
+use crate::parse::{self, LineInfo, LineSpan, MetricType, ParseError, Parsed, Sample, Special};
 // Immutable shared data (names, bounds, the store handle) uses std's `Arc`; what the loom
 // models must track (shards, the config snapshot) goes through the `crate::sync` facade.
 use std::sync::Arc;
@@ -417,6 +417,7 @@ impl Store {
             key: Vec::with_capacity(256),
             line_key: Vec::with_capacity(256),
             seps: parse::Separators::default(),
+            ahead: Vec::with_capacity(AHEAD),
             has_line_key: false,
             pending: None,
             pending_key: Vec::with_capacity(256),
@@ -922,6 +923,9 @@ pub struct Writer {
     line_key: Vec<u8>,
     /// The separator index [`Writer::ingest`] reuses for every datagram.
     seps: parse::Separators,
+    /// The lines [`Writer::ingest`] has split and hashed ahead of their lookups, with their
+    /// hashes (kept, so a datagram of one line does not initialize room for [`AHEAD`]).
+    ahead: Vec<(LineSpan, u64)>,
     has_line_key: bool,
     /// The entry of the current line's first sample, held back from the cache until the parse
     /// tells whether it is filed under the line key or its sample key (`pending_key`); `true`
@@ -1137,17 +1141,19 @@ impl Writer {
             // two tight loops, in which one line's work (the hash's multiplies, the table's
             // loads) overlaps the next line's instead of waiting for it.
             let mut seps = std::mem::take(&mut self.seps);
+            let mut ahead = std::mem::take(&mut self.ahead);
             let mut lines = parse::split_lines(datagram, &mut seps);
-            let mut ahead = [(&[][..], None, 0); AHEAD];
             loop {
-                let n = self.hash_ahead(&mut lines, &mut ahead);
-                self.lines_hashed(&ahead[..n]);
-                if n < AHEAD {
+                ahead.clear();
+                self.hash_ahead(datagram, &mut lines, &mut ahead);
+                self.lines_hashed(datagram, &ahead);
+                if ahead.len() < AHEAD {
                     break;
                 }
             }
             drop(lines);
             self.seps = seps;
+            self.ahead = ahead;
             return;
         }
         let mut lines = parse::lines(datagram).peekable();
@@ -1176,46 +1182,44 @@ impl Writer {
         let colon = parse::find_byte(b':', line);
         let bar =
             colon.and_then(|c| parse::find_byte(b'|', &line[c + 1..]).map(|b| (c, c + 1 + b)));
-        let (line, colon_bar, hash) = self.hashed((line, bar));
-        self.split_line(line, colon_bar, hash);
+        let hash = self.line_hash(line, bar);
+        self.split_line(line, bar, hash);
     }
 
-    /// A line of [`parse::split_lines`] with the hash of its line key (0 if it has none).
+    /// The hash of a line's line key (0 if it has none).
     #[inline(always)]
-    fn hashed<'a>(&self, (line, colon_bar): SplitLine<'a>) -> HashedLine<'a> {
-        let hash = match colon_bar {
+    fn line_hash(&self, line: &[u8], colon_bar: Option<(usize, usize)>) -> u64 {
+        match colon_bar {
             Some((c, b)) => self.cache.line_hash(&line[..=c], &line[b..]),
             None => 0,
-        };
-        (line, colon_bar, hash)
+        }
     }
 
     /// The first pass of [`Writer::ingest`]: up to [`AHEAD`] lines split and hashed. Its own
     /// function, as is the second pass, so the compiler inlines each pass's steps into it.
     #[inline(never)]
-    fn hash_ahead<'a>(
+    fn hash_ahead(
         &self,
-        lines: &mut impl Iterator<Item = SplitLine<'a>>,
-        ahead: &mut [HashedLine<'a>; AHEAD],
-    ) -> usize {
-        let mut n = 0;
-        for (slot, line) in ahead.iter_mut().zip(lines) {
-            *slot = self.hashed(line);
-            n += 1;
+        datagram: &[u8],
+        lines: &mut impl Iterator<Item = LineSpan>,
+        ahead: &mut Vec<(LineSpan, u64)>,
+    ) {
+        for span in lines.take(AHEAD) {
+            let hash = self.line_hash(&datagram[span.start..span.end], span.colon_bar);
+            ahead.push((span, hash));
         }
-        n
     }
 
     /// The second pass of [`Writer::ingest`]: the hashed lines looked up and settled.
     #[inline(never)]
-    fn lines_hashed(&mut self, lines: &[HashedLine<'_>]) {
-        for &(line, colon_bar, hash) in lines {
-            self.split_line(line, colon_bar, hash);
+    fn lines_hashed(&mut self, datagram: &[u8], lines: &[(LineSpan, u64)]) {
+        for &(span, hash) in lines {
+            self.split_line(&datagram[span.start..span.end], span.colon_bar, hash);
         }
     }
 
     /// [`Writer::line`] with the line's first `:` and the first `|` after it already found
-    /// ([`parse::split_lines`]), and its line key's hash ([`Writer::hashed`]).
+    /// ([`parse::split_lines`]), and its line key's hash ([`Writer::line_hash`]).
     #[inline(always)]
     fn split_line(&mut self, line: &[u8], colon_bar: Option<(usize, usize)>, hash: u64) {
         self.stats.lines += 1;
@@ -1625,11 +1629,6 @@ impl Writer {
 
 /// Lines a writer splits and hashes ahead of looking them up ([`Writer::ingest`]).
 const AHEAD: usize = 64;
-
-/// A line of [`parse::split_lines`]: its bytes, and its first `:` and the `|` after it.
-type SplitLine<'a> = (&'a [u8], Option<(usize, usize)>);
-/// A [`SplitLine`] and the hash of its line key ([`Writer::hashed`]).
-type HashedLine<'a> = (&'a [u8], Option<(usize, usize)>, u64);
 
 /// A writer empties its cache when the keys in it pass this many bytes.
 const CACHE_KEY_BYTES: usize = 256 << 20;
