@@ -4,7 +4,8 @@
 //!
 //! - [`ingest`]: listeners (UDP workers on SO_REUSEPORT sockets with `recvmmsg`, TCP, Unix
 //!   datagram), socket activation; `ingest::sys` is the one module with `unsafe`.
-//! - [`parse`]: pure, borrowing StatsD / DogStatsD line parsing; no I/O, no allocation.
+//! - [`parse`]: pure, borrowing StatsD / DogStatsD line parsing and the datagram line split
+//!   (a separator index the caller keeps); no I/O, no allocation once the index has grown.
 //! - [`store`]: the series registry, the per-worker cache-padded shards and series caches,
 //!   expiry, limits.
 //! - [`config`]: the TOML file's types and validation, mapping rules, the live (arc-swap)
