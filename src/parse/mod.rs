@@ -431,8 +431,8 @@ impl Separators {
 
 /// The separator bits of one 64-byte block ([`Separators`]), sixteen bytes at a time (one
 /// vector compare and mask per separator: SSE2 on x86-64, NEON on aarch64, through `wide`'s
-/// safe types). Gathering the bits eight bytes at a time with integer arithmetic took five
-/// times the instructions, a ninth of the line-key path.
+/// safe types). Gathering the bits eight bytes at a time with integer arithmetic took 11% of
+/// the line-key path's time in its profile, against 3% this way.
 #[inline(always)]
 fn block_bits(block: &[u8]) -> [u64; 3] {
     let mut bits = [0u64; 3];
