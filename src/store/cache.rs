@@ -208,11 +208,10 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     word(a, n - 8) == word(b, n - 8)
 }
 
-/// A key's hash, from its pieces: for a line key the bytes after its first byte up to and
-/// including the first `:` (the name), then the rest; for any other key the whole key. A line
-/// key is thus hashed from the line's own bytes ([`Cache::line_hash`]), never copied. The
-/// first byte of a line key ([`LINE_KEY`]) is left out: a third multiply in the hash's
-/// dependency chain, for keys the compare tells apart anyway.
+/// A line key's hash, from its pieces: the bytes after its first byte up to and including the
+/// first `:` (the name), then the rest. A line key is thus hashed from the line's own bytes
+/// ([`Cache::line_hash`]), never copied. The first byte ([`LINE_KEY`]) is left out: a third
+/// multiply in the hash's dependency chain, for keys the compare tells apart anyway.
 #[inline(always)]
 fn hash_parts(hasher: &foldhash::fast::RandomState, a: &[u8], b: &[u8]) -> u64 {
     let mut h = hasher.build_hasher();
@@ -221,7 +220,7 @@ fn hash_parts(hasher: &foldhash::fast::RandomState, a: &[u8], b: &[u8]) -> u64 {
     h.finish()
 }
 
-/// [`hash_parts`] of a whole stored key.
+/// The hash of a whole stored key: [`hash_parts`] for a line key, any other in one piece.
 fn hash_key(hasher: &foldhash::fast::RandomState, key: &[u8]) -> u64 {
     match key.split_first() {
         Some((&LINE_KEY, rest)) => {
@@ -231,7 +230,11 @@ fn hash_key(hasher: &foldhash::fast::RandomState, key: &[u8]) -> u64 {
                 .map_or(rest.len(), |i| i + 1);
             hash_parts(hasher, &rest[..at], &rest[at..])
         }
-        _ => hash_parts(hasher, key, &[]),
+        _ => {
+            let mut h = hasher.build_hasher();
+            h.write(key);
+            h.finish()
+        }
     }
 }
 

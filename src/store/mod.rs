@@ -1171,13 +1171,14 @@ impl Writer {
     ///
     /// A line seen before skips the parser: its bytes without the value (the line key: up to
     /// the first `:`, and from the `|` after it) look up the entry its first full parse left,
-    /// and only the value is parsed; a counter's value is then added inline. The full parse runs on a miss, and files its one sample's entry under the line
-    /// key when nothing but the value can change its outcome: exactly one sample, not a set
-    /// (whose "value" is the member), no unknown or excess fields (counted per line), a plain
-    /// value (a `:` in it is a v1.1 pack). A hit whose value the fast check refuses (a bad
-    /// number, a negative counter) takes the full parse too, which counts it by reason. The
-    /// parse of everything but the value depends only on those bytes and the config, and a
-    /// config swap clears the cache.
+    /// and only the value is parsed; a counter's value is then added inline. The full parse
+    /// runs on a miss, and files its one sample's entry under the line key when nothing but
+    /// the value can change its outcome: exactly one sample, not a set (whose "value" is the
+    /// member), no unknown or excess fields (counted per line), a plain value (a `:` in it is
+    /// a v1.1 pack). A hit whose value the fast check refuses (a bad number, a negative
+    /// counter) takes the full parse too, which counts it by reason. The parse of everything
+    /// but the value depends only on those bytes and the config, and a config swap clears the
+    /// cache.
     pub fn line(&mut self, line: &[u8]) {
         let colon = parse::find_byte(b':', line);
         let bar =
@@ -1645,10 +1646,11 @@ fn plain_value(value: &[u8]) -> bool {
 /// `kind` (the same checks as [`parse::parse_line`]); `None` sends the line to the parser.
 #[inline]
 fn quick_sample(raw: &[u8], kind: MetricType, rate: f64) -> Option<Obs<'static>> {
-    let value = parse::parse_value_bytes(raw).ok()?;
-    if kind == MetricType::Counter && value < 0.0 {
-        return None;
-    }
+    let value = if kind == MetricType::Counter {
+        counter_value(raw)?
+    } else {
+        parse::parse_value_bytes(raw).ok()?
+    };
     Some(Obs {
         kind,
         value,
@@ -1658,8 +1660,7 @@ fn quick_sample(raw: &[u8], kind: MetricType, rate: f64) -> Option<Obs<'static>>
     })
 }
 
-/// A counter line's value as [`quick_sample`] takes it (a number the parser accepts, not
-/// negative), or `None`.
+/// A counter line's value, if the parser would take it: a number, not negative.
 #[inline(always)]
 fn counter_value(raw: &[u8]) -> Option<f64> {
     parse::parse_value_bytes(raw).ok().filter(|v| *v >= 0.0)
