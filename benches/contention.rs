@@ -29,6 +29,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam_utils::CachePadded;
 use tallyd::config::live::Snapshot;
 use tallyd::parse::{MetricType, Sample, TagFields};
+use tallyd::pipeline::Writer;
 
 /// Runs `work(thread, ops)` on `threads` threads, splitting `iters` operations between them,
 /// and returns the wall time until the last one finishes.
@@ -99,7 +100,7 @@ fn increments(c: &mut Criterion) {
         // Padded so the two writers' counters never share a cache line (in the daemon each
         // writer lives in its own thread's worker).
         let writers: Vec<_> = (0..threads)
-            .map(|_| CachePadded::new(Mutex::new(store.writer(live.clone()))))
+            .map(|_| CachePadded::new(Mutex::new(Writer::new(&store, live.clone()))))
             .collect();
         g.bench_function("tallyd_sharded_writer", |b| {
             b.iter_custom(|iters| {

@@ -18,6 +18,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tallyd::pipeline::Writer;
 
 /// Counts allocations, so the bench can show the hit path makes none.
 struct Counting;
@@ -75,7 +76,7 @@ fn case(c: &mut Criterion, name: &str, lines: &[String], packed: usize) {
     let datagrams = common::pack(lines, packed);
     let n = common::count_lines(&datagrams);
     let (store, live) = common::store(2_000_000);
-    let mut w = store.writer(live);
+    let mut w = Writer::new(&store, live);
     common::feed(&mut w, &datagrams);
     let before = ALLOCS.load(Ordering::Relaxed);
     common::feed(&mut w, &datagrams);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end load test on loopback: tallyd (release build) and a minimal recvmmsg receiver
-# (examples/minrecv.rs), driven through the same ladder of rates by `tallyd blast`, one line
+# (examples/minrecv.rs), driven through the same ladder of rates by `tallyd-blast`, one line
 # per datagram and packed. For every step it reports lines sent vs delivered, kernel drops,
 # the receiver's CPU time per line (utime+stime deltas from /proc/<pid>/stat) and RSS, and the
 # ratio of tallyd's figures to the minimal receiver's in the same run.
@@ -52,8 +52,9 @@ trap 'echo "loadtest: interrupted" >&2; exit 130' INT TERM
 WATCHDOG_PID=$!
 
 echo "== build" >&2
-cargo build --release --bin tallyd --example minrecv >&2
-TALLYD=target/release/tallyd
+cargo build --release --bin tallyd --bin tallyd-blast --example minrecv >&2
+TALLYD=${TALLYD:-target/release/tallyd}
+BLAST=target/release/tallyd-blast
 MINRECV=target/release/examples/minrecv
 
 CLK_TCK=$(getconf CLK_TCK)
@@ -72,7 +73,7 @@ udp_drops() {
     awk -v p=":$hex" 'index($2, p) == length($2) - 4 { s += $NF } END { printf "%.0f", s }' /proc/net/udp
 }
 blast() { # rate packed port -> "lines datagrams"
-    "$TALLYD" blast --target "127.0.0.1:$3" --rate "$1" --duration "${STEP_SECONDS}s" \
+    "$BLAST" --target "127.0.0.1:$3" --rate "$1" --duration "${STEP_SECONDS}s" \
         --names "$NAMES" --tags "$TAGS" --packed "$2" --senders "$SENDERS" \
         | sed -n 's/^sent lines=\([0-9]*\) datagrams=\([0-9]*\).*/\1 \2/p'
 }
@@ -99,7 +100,7 @@ for _ in $(seq 100); do
 done
 curl -sf "http://127.0.0.1:$HTTP_PORT/-/ready" >/dev/null || { echo "tallyd did not start" >&2; cat "$OUT/tallyd.log" >&2; exit 1; }
 # Create the series before measuring (steady state: every series exists).
-"$TALLYD" blast --target "127.0.0.1:$UDP_PORT" --rate 50000 --count $((NAMES * 4)) \
+"$BLAST" --target "127.0.0.1:$UDP_PORT" --rate 50000 --count $((NAMES * 4)) \
     --names "$NAMES" --tags "$TAGS" >/dev/null
 sleep 0.5
 

@@ -27,7 +27,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tallyd::export::{self, TextVisitor};
+use tallyd::export::{self, TextState, TextVisitor};
+use tallyd::pipeline::Writer;
 use tallyd::telemetry::Telemetry;
 
 /// Tracks live heap bytes and their peak.
@@ -73,8 +74,8 @@ fn peak_growth(f: impl FnOnce()) -> i64 {
 fn render(c: &mut Criterion) {
     for n in [10_000u64, 100_000, 1_000_000] {
         let (store, live) = common::store(2_000_000);
-        let mut w1 = store.writer(live.clone());
-        let mut w2 = store.writer(live);
+        let mut w1 = Writer::new(&store, live.clone());
+        let mut w2 = Writer::new(&store, live);
         let lines: Vec<String> = (0..n)
             .map(|i| format!("app.metric.{}:1|c|#id:{}", i % 1000, i / 1000))
             .collect();
@@ -87,7 +88,10 @@ fn render(c: &mut Criterion) {
         let telemetry = Telemetry::new();
         let window = Duration::from_secs(60);
         let mut out = String::new();
-        store.visit(window, &mut TextVisitor::new(&mut out));
+        store.visit(
+            window,
+            &mut TextVisitor::new(&mut out, &mut TextState::default()),
+        );
         let text_lines: Vec<String> = out.lines().map(|l| format!("{l}\n")).collect();
         let mut bytes = 0usize;
         let stream_peak = peak_growth(|| {
@@ -131,7 +135,10 @@ fn render(c: &mut Criterion) {
         g.bench_function("visit_text", |b| {
             b.iter(|| {
                 out.clear();
-                store.visit(window, &mut TextVisitor::new(&mut out));
+                store.visit(
+                    window,
+                    &mut TextVisitor::new(&mut out, &mut TextState::default()),
+                );
                 black_box(out.len())
             })
         });

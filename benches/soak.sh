@@ -2,7 +2,7 @@
 # Soak test: tallyd (release build) under mixed traffic, reloads and scrapes for a bounded time.
 #
 # For SOAK_SECONDS (default 60) it runs, all on loopback:
-#   - BLASTERS `tallyd blast` senders (one line per datagram, 50 names each, paced);
+#   - BLASTERS `tallyd-blast` senders (one line per datagram, 50 names each, paced);
 #   - a Python sender with counters, gauges, timers, sets, malformed lines, and series churn:
 #     50 new series a second that the default ttl (2s) expires;
 #   - a reload every second by SIGHUP, every other one an invalid file (the watcher sees the
@@ -56,9 +56,10 @@ fail() {
 }
 
 echo "== build (release)" >&2
-cargo build --release --bin tallyd >&2
-TALLYD=$(pwd)/target/release/tallyd
-[ -n "${CARGO_TARGET_DIR:-}" ] && TALLYD=$CARGO_TARGET_DIR/release/tallyd
+cargo build --release --bin tallyd --bin tallyd-blast >&2
+BIN_DIR=${CARGO_TARGET_DIR:-$(pwd)/target}/release
+TALLYD=$BIN_DIR/tallyd
+BLAST=$BIN_DIR/tallyd-blast
 
 # The watchdog (started after the build, which may wait for cargo's lock): the run is bounded
 # whatever happens.
@@ -135,7 +136,7 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$TALLYD_PID/status"; }
 
 echo "== traffic for ${SOAK_SECONDS}s: $BLASTERS blasters x $BLAST_RATE/s, python $PY_RATE/s" >&2
 for i in $(seq 0 $((BLASTERS - 1))); do
-    "$TALLYD" blast --target "127.0.0.1:$UDP_PORT" --rate "$BLAST_RATE" \
+    "$BLAST" --target "127.0.0.1:$UDP_PORT" --rate "$BLAST_RATE" \
         --duration "${SOAK_SECONDS}s" --names 50 --prefix "soak_blast.s$i" \
         > "$OUT/blast-$i.out" 2>&1 &
     PIDS+=($!)

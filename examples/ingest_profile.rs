@@ -11,8 +11,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tallyd::clock::MonotonicClock;
 use tallyd::config::live::{Live, Snapshot};
-use tallyd::store::{MonotonicClock, Store};
+use tallyd::pipeline::Writer;
+use tallyd::store::Store;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -44,11 +46,11 @@ fn main() {
     let snap = Snapshot::from_toml("").expect("the default config is valid");
     let live = Live::new(snap, None, None);
     let store = Store::new(Arc::new(MonotonicClock::default()), Vec::new());
-    let mut w = store.writer(live);
+    let mut w = Writer::new(&store, live);
     // Each batch is copied into one receive buffer first, as `recvmmsg` leaves it: the lines
     // are read from warm cache lines, not from a corpus larger than the cache.
     let mut buf = vec![0u8; 32 * 1024];
-    let feed = |w: &mut tallyd::store::Writer, buf: &mut [u8]| {
+    let feed = |w: &mut Writer, buf: &mut [u8]| {
         for chunk in datagrams.chunks(batch) {
             let mut at = 0;
             let mut spans = [(0, 0); 32];

@@ -17,8 +17,10 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use tallyd::clock::MonotonicClock;
 use tallyd::config::live::{Live, Snapshot};
-use tallyd::store::{MonotonicClock, Store};
+use tallyd::pipeline::Writer;
+use tallyd::store::Store;
 
 struct Counting;
 static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
@@ -67,7 +69,7 @@ fn main() {
     let toml = format!("[limits]\nmax_series = {}\n", n + 10);
     let live = Live::new(Snapshot::from_toml(&toml).expect("config"), None, None);
     let store = Store::new(Arc::new(MonotonicClock::default()), Vec::new());
-    let mut writers = vec![store.writer(live.clone()), store.writer(live)];
+    let mut writers = vec![Writer::new(&store, live.clone()), Writer::new(&store, live)];
     trim();
     let (rss0, heap0) = (rss(), LIVE_BYTES.load(Ordering::Relaxed));
     std::thread::scope(|s| {

@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::clock::{Clock, MonotonicClock};
 use crate::config::live::{Live, Snapshot};
 use crate::config::{Config, ConfigError, Tcp, Udp, Unixgram};
 use crate::export::http::{Control, State};
 use crate::ingest::{self, Running, activation::Passed};
 use crate::ready::Readiness;
-use crate::store::{Clock, MonotonicClock, Store};
+use crate::store::Store;
 use crate::telemetry::Telemetry;
 
 /// How the daemon is started.

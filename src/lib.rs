@@ -1,32 +1,60 @@
 //! tallyd: a StatsD / DogStatsD aggregation daemon that Prometheus scrapes.
 //!
-//! The data path reads top to bottom:
-//!
+//! # Modules
 //! - [`ingest`]: listeners (UDP workers on SO_REUSEPORT sockets with `recvmmsg`, TCP, Unix
-//!   datagram), socket activation; `ingest::sys` is the one module with `unsafe`.
-//! - [`parse`]: pure, borrowing StatsD / DogStatsD line parsing and the datagram line split
-//!   (a separator index the caller keeps); no I/O, no allocation once the index has grown.
-//! - [`store`]: the series registry, the per-worker cache-padded shards and series caches,
-//!   expiry, limits.
+//!   datagram), their buffers and coalescing; `ingest::sys` holds the socket system calls.
+//! - [`parse`]: the wire grammar, pure and borrowing: the datagram's line split, a line into
+//!   samples, tags, the value rule; no I/O, no allocation once its index has grown.
+//! - [`pipeline`]: one writer per ingest worker: the line cache, name resolution (mapping
+//!   rules, naming), and the hand-off of each value to the store.
+//! - [`naming`]: Prometheus naming: sanitising, `_total`, suffixes, reserved names,
+//!   collisions; shared by the pipeline (refusals) and the export.
+//! - [`store`]: the series registry, per-worker cache-padded shards, expiry, limits, the
+//!   chunked read a scrape walks.
+//! - [`export`]: the exposition (text 0.0.4) rendered chunk by chunk, and the HTTP endpoint.
 //! - [`config`]: the TOML file's types and validation, mapping rules, the live (arc-swap)
 //!   handle, the file watcher.
-//! - [`export`]: the Prometheus text exposition and the hyper HTTP endpoint.
-//! - [`daemon`]: wiring, readiness, reloads, listener changes, signals, systemd notify.
+//! - [`daemon`]: lifecycle (start, serve, stop), control (reloads, signals, watchdog), systemd
+//!   (notify, socket activation).
 //! - [`telemetry`]: tallyd's own metrics, every failure mode a named counter.
 //! - [`ready`]: the readiness flag and what it guards.
+//! - [`clock`]: the injected clock every timer reads.
 //! - [`sync`]: the facade over atomics and the config cell that loom swaps out.
-//! - [`blast`]: the load generator (`tallyd blast`).
+//!
+//! # How a datagram flows
+//! 1. [`ingest`]: a UDP worker receives up to a batch of datagrams in one `recvmmsg`
+//!    (`ingest::sys`), counts them, and hands each to its own [`pipeline::Writer`].
+//! 2. [`pipeline`]: the writer starts the batch (a new config snapshot or store epoch clears
+//!    its cache), then splits the datagram into lines with [`parse::split_lines`].
+//! 3. [`pipeline`]: each line's bytes without the value are looked up in the writer's cache.
+//!    On a hit only the value is parsed ([`parse::sample_value`]); on a miss the full parser
+//!    runs ([`parse::parse_line`]), and each sample's name and tags are resolved
+//!    (`pipeline::resolve`: [`config::mapping`], [`naming`]) to a series that
+//!    [`store::Store`] finds or creates under its registry lock.
+//! 4. [`store::write`]: the value is added to the writer's own shard, with no lock and no
+//!    shared cache line. Refusals and parse errors are counted in the writer's
+//!    [`pipeline::Stats`], which the worker flushes into [`telemetry`] after the batch.
+//!
+//! # How a scrape flows
+//! 1. [`export::http`]: `GET /metrics` (auth checked) starts a render on a blocking thread that
+//!    streams chunks into the response body, gzip-compressed if asked.
+//! 2. [`export`]: the render walks the store in chunks ([`store::read`]): for each chunk the
+//!    registry lock is held while at most `export::CHUNK_SERIES` series are read, each one's
+//!    words summed across the shards.
+//! 3. [`export::text`]: each series is written in the text format; the visitor's own state
+//!    tells whether a family's header is already out.
+//! 4. [`export`]: tallyd's own metrics ([`telemetry`]) follow the StatsD families.
 #![deny(missing_docs, rust_2018_idioms, unsafe_op_in_unsafe_fn)]
-#![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod clock;
 pub mod config;
+pub mod naming;
 pub mod parse;
+pub mod pipeline;
 pub mod ready;
 pub mod store;
 pub mod sync;
 
-#[cfg(not(loom))]
-pub mod blast;
 #[cfg(not(loom))]
 pub mod daemon;
 #[cfg(not(loom))]

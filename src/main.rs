@@ -37,8 +37,6 @@ enum Command {
         /// The file to check.
         path: PathBuf,
     },
-    /// Send paced StatsD load to a target and print what was sent.
-    Blast(tallyd::blast::BlastArgs),
 }
 
 #[cfg(not(loom))]
@@ -89,25 +87,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { path }) => return check_config(&path),
-        Some(Command::Blast(args)) => {
-            return match tallyd::blast::run(&args) {
-                Ok((s, took)) => {
-                    println!(
-                        "sent lines={} datagrams={} send_errors={} seconds={:.3} lines_per_second={:.0}",
-                        s.lines,
-                        s.datagrams,
-                        s.send_errors,
-                        took.as_secs_f64(),
-                        s.lines as f64 / took.as_secs_f64().max(1e-9)
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("blast: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
         Some(Command::Run) | None => {}
     }
     // Load once up front for the log settings; the daemon validates and loads it again.

@@ -7,8 +7,9 @@
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::parse::ParseError;
-use crate::store::names::TagError;
-use crate::store::{Refusal, Stats};
+use crate::parse::tags::TagError;
+use crate::pipeline::Stats;
+use crate::store::Refusal;
 
 /// Handles on every self-metric.
 pub struct Telemetry {

@@ -1,4 +1,4 @@
-//! `tallyd blast`, the load generator every figure in docs/BENCHMARKS.md comes from: the built
+//! `tallyd-blast`, the load generator every figure in docs/BENCHMARKS.md comes from: the built
 //! binary sends to a real daemon, and what it says it sent is exactly what the daemon counted,
 //! series by series.
 
@@ -9,19 +9,18 @@ use std::process::Command;
 
 use common::*;
 
-/// Runs `tallyd blast` with `args` against `target` (off the async runtime); returns its
+/// Runs `tallyd-blast` with `args` against `target` (off the async runtime); returns its
 /// `key=value` report.
 async fn blast(
     target: std::net::SocketAddr,
     args: &'static [&'static str],
 ) -> BTreeMap<String, String> {
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(binary())
-            .arg("blast")
+        Command::new(env!("CARGO_BIN_EXE_tallyd-blast"))
             .args(["--target", &target.to_string()])
             .args(args)
             .output()
-            .expect("run tallyd blast")
+            .expect("run tallyd-blast")
     })
     .await
     .unwrap();

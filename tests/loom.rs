@@ -32,10 +32,14 @@ use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicPtr, AtomicU64, Ordering, fence};
 use loom::thread;
 
+use tallyd::clock::ManualClock;
 use tallyd::config::live::{Live, Snapshot};
+use tallyd::naming::FamilyKind;
+use tallyd::pipeline::Writer;
 use tallyd::ready::Readiness;
+use tallyd::store::Store;
 use tallyd::store::arena::Shard;
-use tallyd::store::{FamilyKind, ManualClock, Store, Values, Visitor};
+use tallyd::store::read::{Values, Visitor};
 
 /// Runs `f` under every interleaving loom finds (exhaustive: no preemption bound unless
 /// `LOOM_MAX_PREEMPTIONS` sets one), logging like `loom::model` when `LOOM_LOG` is set, and
@@ -105,12 +109,9 @@ struct Scrape {
 }
 
 impl Visitor for Scrape {
-    fn family(&mut self, name: &str, _kind: FamilyKind, _help: Option<&str>) {
+    fn family(&mut self, name: &str, _kind: FamilyKind, _help: Option<&str>) -> bool {
         self.family = name.to_string();
-    }
-
-    fn resume(&mut self, name: &str, _kind: FamilyKind) {
-        self.family = name.to_string();
+        true
     }
 
     fn series(&mut self, labels: &str, values: Values<'_>) {
@@ -175,8 +176,8 @@ fn scrape(store: &Store) -> Scrape {
 fn scrape_sums_counter_shards() {
     model(|| {
         let (store, _clock, live) = setup("");
-        let mut w1 = store.writer(live.clone());
-        let mut w2 = store.writer(live);
+        let mut w1 = Writer::new(&store, live.clone());
+        let mut w2 = Writer::new(&store, live);
         w1.line(b"c:1|c");
         w2.line(b"c:10|c");
         let a = spawn(move || {
@@ -207,7 +208,7 @@ fn scrape_sums_counter_shards() {
 fn scrape_sees_whole_histogram() {
     model(|| {
         let (store, _clock, live) = setup("[defaults]\nhistogram_buckets = [1.0, 10.0]\n");
-        let mut w = store.writer(live);
+        let mut w = Writer::new(&store, live);
         w.line(b"h:0.5|h");
         let t = spawn(move || {
             w.line(b"h:5|h");
@@ -237,10 +238,10 @@ fn scrape_sees_whole_histogram() {
 fn scrape_sees_whole_gauge() {
     model(|| {
         let (store, clock, live) = setup("");
-        let mut w1 = store.writer(live.clone());
+        let mut w1 = Writer::new(&store, live.clone());
         w1.line(b"g:10|g");
         clock.advance(Duration::from_secs(1));
-        let mut w2 = store.writer(live);
+        let mut w2 = Writer::new(&store, live);
         w2.line(b"other:1|c"); // allocates w2's segment: the race is on the words alone.
         let t = spawn(move || {
             w2.line(b"g:20|g");
@@ -272,8 +273,8 @@ fn scrape_sees_whole_gauge() {
 fn new_series_is_published_whole() {
     model(|| {
         let (store, _clock, live) = setup("");
-        let mut w1 = store.writer(live.clone());
-        let mut w2 = store.writer(live);
+        let mut w1 = Writer::new(&store, live.clone());
+        let mut w2 = Writer::new(&store, live);
         let a = spawn(move || {
             w1.line(b"n:1|c");
             w1
@@ -313,7 +314,7 @@ fn expiry_races_late_increment() {
     static SAW_EPOCH: AtomicUsize = AtomicUsize::new(0);
     model(|| {
         let (store, clock, live) = setup("[defaults]\nttl = \"1s\"\n");
-        let mut w = store.writer(live);
+        let mut w = Writer::new(&store, live);
         w.line(b"e:1|c");
         clock.advance(Duration::from_secs(2));
         w.begin_batch(); // the batch the late increment belongs to, begun before the sweep
@@ -351,8 +352,8 @@ fn expiry_reclaims_only_forgotten_slots() {
     static RECLAIMED: AtomicUsize = AtomicUsize::new(0);
     model(|| {
         let (store, clock, live) = setup("[defaults]\nttl = \"1s\"\n");
-        let mut w = store.writer(live.clone());
-        let mut w2 = store.writer(live);
+        let mut w = Writer::new(&store, live.clone());
+        let mut w2 = Writer::new(&store, live);
         w.line(b"old:7|c");
         clock.advance(Duration::from_secs(2));
         let t = spawn(move || {
@@ -408,7 +409,7 @@ fn config_reload_is_seen_whole() {
     model(|| {
         let (store, _clock, live) = setup(OLD_CONFIG);
         let new = parse(NEW_CONFIG);
-        let mut w = store.writer(live.clone());
+        let mut w = Writer::new(&store, live.clone());
         w.line(b"x:1|c"); // caches `x` -> x_total under the old config
         let worker = spawn(move || {
             w.begin_batch();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use tallyd::store::ManualClock;
+use tallyd::clock::ManualClock;
 
 /// A sender socket connected to the daemon's UDP listener.
 fn sender(t: &TestDaemon) -> UdpSocket {

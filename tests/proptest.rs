@@ -19,9 +19,11 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use proptest::prelude::*;
+use tallyd::clock::ManualClock;
 use tallyd::config::live::{Live, Snapshot};
 use tallyd::parse::{self, ParseOptions, Parsed};
-use tallyd::store::{ManualClock, Store, Writer};
+use tallyd::pipeline::Writer;
+use tallyd::store::Store;
 use tallyd::telemetry::Telemetry;
 
 /// tallyd's own family names, computed once (a registry per case would dominate the run).
@@ -37,7 +39,9 @@ impl Rig {
     fn new(writers: usize) -> Self {
         let live = Live::new(Snapshot::defaults(), None, None);
         let store = Store::new(Arc::new(ManualClock::default()), RESERVED.clone());
-        let writers = (0..writers).map(|_| store.writer(live.clone())).collect();
+        let writers = (0..writers)
+            .map(|_| Writer::new(&store, live.clone()))
+            .collect();
         Self {
             store,
             writers,
@@ -546,7 +550,7 @@ proptest! {
         let run = |cold: bool| {
             let live = Live::new(Snapshot::defaults(), None, None);
             let store = Store::new(Arc::new(ManualClock::default()), RESERVED.clone());
-            let mut w = store.writer(live.clone());
+            let mut w = Writer::new(&store, live.clone());
             for l in &lines {
                 if cold {
                     // A new config, equal to the old: the writer drops its cache.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use tallyd::store::ManualClock;
+use tallyd::clock::ManualClock;
 
 const RULES: &str = r#"
 [[mapping]]

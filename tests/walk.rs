@@ -8,8 +8,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tallyd::clock::ManualClock;
 use tallyd::config::live::{Live, Snapshot};
-use tallyd::store::{Cursor, FamilyKind, ManualClock, Store, Values, Visitor};
+use tallyd::naming::FamilyKind;
+use tallyd::pipeline::Writer;
+use tallyd::store::Store;
+use tallyd::store::read::{Cursor, Values, Visitor};
 
 /// Family headers (StatsD names) and series in visiting order.
 #[derive(Default)]
@@ -19,16 +23,17 @@ struct Record {
 }
 
 impl Visitor for Record {
-    fn family(&mut self, name: &str, kind: FamilyKind, _help: Option<&str>) {
-        // Counters are named `<name>_total`; recorded by their StatsD name.
+    fn family(&mut self, name: &str, kind: FamilyKind, _help: Option<&str>) -> bool {
+        // Counters are named `<name>_total`; recorded by their StatsD name. A family announced
+        // again at the start of a chunk continues the last header, as in the text exposition.
         let name = name.strip_suffix("_total").unwrap_or(name);
+        if let Some((last, k)) = self.families.last()
+            && last == name
+        {
+            return *k == kind;
+        }
         self.families.push((name.to_string(), kind));
-    }
-
-    fn resume(&mut self, name: &str, kind: FamilyKind) {
-        // Only the family the last header opened can be continued.
-        let name = name.strip_suffix("_total").unwrap_or(name);
-        assert_eq!(self.families.last(), Some(&(name.to_string(), kind)));
+        true
     }
 
     fn series(&mut self, labels: &str, values: Values<'_>) {
@@ -56,13 +61,13 @@ fn families_come_and_go_between_the_chunks_of_a_scrape() {
     let store = Store::new(clock.clone(), Vec::new());
     let toml = "[defaults]\nttl = \"10s\"\n";
     let live = Live::new(Snapshot::from_toml(toml).expect("config"), None, None);
-    let mut w = store.writer(live);
+    let mut w = Writer::new(&store, live);
     // 40 families, each with three series (so chunks of 2 end inside families).
     let keepers: Vec<String> = (0..40)
         .filter(|i| !(20..30).contains(i))
         .map(|i| format!("f{i:02}"))
         .collect();
-    let send = |w: &mut tallyd::store::Writer, names: &[String]| {
+    let send = |w: &mut Writer, names: &[String]| {
         w.begin_batch();
         let lines: Vec<String> = names
             .iter()
@@ -158,7 +163,7 @@ fn a_chunk_that_ends_at_a_family_start_does_not_lose_its_header() {
     // every such family was streamed without its `# TYPE` line, under the previous family.
     let store = Store::new(Arc::new(ManualClock::default()), Vec::new());
     let live = Live::new(Snapshot::from_toml("").expect("config"), None, None);
-    let mut w = store.writer(live);
+    let mut w = Writer::new(&store, live);
     let n = 2 * tallyd::export::CHUNK_SERIES + 3;
     let lines: Vec<String> = (0..n).map(|i| format!("id.{i:05}:{i}|g")).collect();
     w.ingest(lines.join("\n").as_bytes(), false);
@@ -183,7 +188,7 @@ fn streamed_exposition_names_every_sample_across_chunk_ends() {
     // sample line must carry its family's name and follow that family's `# TYPE` line.
     let store = Store::new(Arc::new(ManualClock::default()), Vec::new());
     let live = Live::new(Snapshot::from_toml("").expect("config"), None, None);
-    let mut w = store.writer(live);
+    let mut w = Writer::new(&store, live);
     let mut lines = Vec::new();
     for f in 0..1500 {
         let members = if f % 2 == 0 { 5 } else { 1 };

@@ -6,8 +6,10 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use tallyd::clock::MonotonicClock;
 use tallyd::config::live::{Live, Snapshot};
-use tallyd::store::{MonotonicClock, Store, Writer};
+use tallyd::pipeline::Writer;
+use tallyd::store::Store;
 
 /// A tiny deterministic generator (Knuth's MMIX LCG), good enough to pick series.
 pub struct Lcg(u64);

@@ -9,7 +9,9 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use tallyd::config::live::{Live, Snapshot};
 use tallyd::parse::{self, ParseOptions, Parsed};
-use tallyd::store::{ManualClock, Store, Writer};
+use tallyd::clock::ManualClock;
+use tallyd::pipeline::Writer;
+use tallyd::store::Store;
 use tallyd::telemetry::Telemetry;
 
 struct Rig {
@@ -23,7 +25,7 @@ fn new_rig() -> Rig {
     let telemetry = Telemetry::new();
     let live = Live::new(Snapshot::defaults(), None, None);
     let store = Store::new(Arc::new(ManualClock::default()), telemetry.reserved_names());
-    let writer = store.writer(live);
+    let writer = Writer::new(&store, live);
     Rig {
         store,
         writer,

@@ -26,7 +26,8 @@ use tokio::io::AsyncReadExt;
 
 use crate::config::{Tcp, Udp, Unixgram};
 use crate::parse::ParseError;
-use crate::store::{Store, Writer};
+use crate::pipeline::Writer;
+use crate::store::Store;
 use crate::sync::lock;
 use crate::telemetry::Telemetry;
 
@@ -48,7 +49,7 @@ pub struct Sinks {
 impl Sinks {
     /// A new writer (its own shard) for one ingest thread or listener.
     fn writer(&self) -> Writer {
-        self.store.writer(self.live.clone())
+        Writer::new(&self.store, self.live.clone())
     }
 }
 

@@ -1,32 +1,8 @@
-//! The one module with `unsafe`: batched `recvmmsg` (and `sendmmsg`, for `tallyd blast`),
+//! The one module with `unsafe`: batched `recvmmsg`,
 //! `SO_MEMINFO`, `SO_RCVBUFFORCE`, and adopting sockets passed by systemd.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-
-/// Sends each of `datagrams` as one datagram on the connected socket `fd`, in one `sendmmsg`
-/// call. Returns how many went out (always a prefix; the kernel stops at the first failure,
-/// which the next call then reports).
-pub fn send_batch(fd: &impl AsRawFd, datagrams: &[&[u8]]) -> io::Result<usize> {
-    let mut iovecs: Vec<libc::iovec> = datagrams
-        .iter()
-        .map(|d| libc::iovec {
-            iov_base: d.as_ptr().cast_mut().cast(),
-            iov_len: d.len(),
-        })
-        .collect();
-    let mut headers = headers_for(&mut iovecs);
-    let len = u32::try_from(headers.len()).unwrap_or(u32::MAX);
-    // SAFETY: `headers` holds `len` valid mmsghdr whose single iovecs point into the
-    // caller's slices, all alive and unmoved for this call; the kernel only reads them (it
-    // writes `msg_len`, inside `headers`). No address: the socket is connected.
-    let n = unsafe { libc::sendmmsg(fd.as_raw_fd(), headers.as_mut_ptr(), len, 0) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
 
 /// One `mmsghdr` per iovec, each pointing at its iovec (no address, no control data). The
 /// headers hold raw pointers into `iovecs`, which must stay alive and unmoved while they are

@@ -1,7 +1,7 @@
 //! StatsD / DogStatsD line parsing: `&[u8]` in, borrowed samples out.
 //!
 //! This module is pure and synchronous. It owns the wire grammar of
-//! `shared/spec/protocol.md` (`<name>:<value>[:<value>...]|<type>[|<field>]...`, the DogStatsD
+//! `docs/protocol.md` (`<name>:<value>[:<value>...]|<type>[|<field>]...`, the DogStatsD
 //! v1.1 value pack, the Etsy multi-typed form, sample rates, tag fields, events and service
 //! checks) and nothing else: it does not know about Prometheus names, label sanitising or the
 //! store. Everything it hands out borrows from the input line, so the hit path allocates
@@ -14,6 +14,8 @@
 //! - In a v1.1 pack, one bad value rejects the whole line (no partial line is ever counted).
 //! - More than [`MAX_TAG_FIELDS`] `|#` fields on one line: the extra fields are ignored and
 //!   counted as a tag error.
+
+pub mod tags;
 
 use memchr::memchr;
 use wide::u8x16;
@@ -251,38 +253,12 @@ impl Default for ParseOptions {
 }
 
 /// Splits a datagram into lines: `\n`-separated, a trailing `\r` stripped, empty lines skipped.
-///
-/// The `\n`s are found with [`find_byte`]: a `split` by closure was an eighth of the hot
-/// path, a memchr call per line still a twentieth.
+/// The same lines as [`split_lines`], which it runs with an index of its own (a caller that
+/// splits many datagrams keeps one [`Separators`] and calls [`split_lines`]).
 pub fn lines(datagram: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = Some(datagram);
-    std::iter::from_fn(move || {
-        loop {
-            let r = rest?;
-            let at = find_byte(b'\n', r);
-            let line = take_line(r, at, &mut rest);
-            if !line.is_empty() {
-                return Some(line);
-            }
-        }
-    })
-}
-
-/// The line at the start of `r` that ends at `end` (its `\n`; `None`: the rest of `r`), a
-/// trailing `\r` stripped; `rest` moves past it.
-#[inline]
-fn take_line<'a>(r: &'a [u8], end: Option<usize>, rest: &mut Option<&'a [u8]>) -> &'a [u8] {
-    let line = match end {
-        Some(i) => {
-            *rest = Some(&r[i + 1..]);
-            &r[..i]
-        }
-        None => {
-            *rest = None;
-            r
-        }
-    };
-    line.strip_suffix(b"\r").unwrap_or(line)
+    let mut seps = Separators::default();
+    let spans: Vec<LineSpan> = split_lines(datagram, &mut seps).collect();
+    spans.into_iter().map(|s| &datagram[s.start..s.end])
 }
 
 /// Where a line of [`split_lines`] is in its datagram.
@@ -445,57 +421,6 @@ fn block_bits(block: &[u8]) -> [u64; 3] {
     bits
 }
 
-/// SWAR masks: the high bit of every byte of `w` equal to `b`, and possibly of bytes above the
-/// first such byte (a borrow); the lowest set bit is exact, which is all that is read.
-#[inline]
-fn byte_hits(w: u64, b: u8) -> u64 {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let x = w ^ (LO * u64::from(b));
-    x.wrapping_sub(LO) & !x & HI
-}
-
-/// The first byte `is` accepts: `hits` (a SWAR mask per word, lowest set bit exact) eight bytes
-/// at a time over the first 48 bytes, `far` beyond them.
-#[inline]
-fn search(
-    hay: &[u8],
-    hits: impl Fn(u64) -> u64,
-    is: impl Fn(u8) -> bool,
-    far: impl FnOnce(&[u8]) -> Option<usize>,
-) -> Option<usize> {
-    let word = |at: usize| u64::from_le_bytes(hay[at..at + 8].try_into().unwrap_or([0; 8]));
-    let head = hay.len().min(48);
-    if head < 8 {
-        return hay.iter().position(|&c| is(c));
-    }
-    let mut at = 0;
-    while at + 8 <= head {
-        let m = hits(word(at));
-        if m != 0 {
-            return Some(at + (m.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    if at < head {
-        // The last eight bytes of the head, overlapping bytes already found not to match.
-        let m = hits(word(head - 8));
-        if m != 0 {
-            return Some(head - 8 + (m.trailing_zeros() / 8) as usize);
-        }
-    }
-    far(&hay[head..]).map(|i| i + head)
-}
-
-/// The first `b` in `hay`: eight bytes at a time over the first 48 bytes, then memchr. StatsD
-/// names and lines are a few dozen bytes, where memchr's call and dispatch cost more than the
-/// search, and a byte loop's exit branch is mispredicted once per search (it was a third of the
-/// line-key path's time).
-#[inline]
-pub fn find_byte(b: u8, hay: &[u8]) -> Option<usize> {
-    search(hay, |w| byte_hits(w, b), |c| c == b, |tail| memchr(b, tail))
-}
-
 /// The result of parsing one line.
 #[derive(Debug)]
 pub enum Parsed<'a> {
@@ -625,11 +550,7 @@ fn parse_body<'a>(
         return Ok(());
     }
     let emit = |raw: &str| -> Result<Sample<'a>, ParseError> {
-        let value = parse_value(raw)?;
-        let delta = kind == MetricType::Gauge && matches!(raw.as_bytes()[0], b'+' | b'-');
-        if kind == MetricType::Counter && value < 0.0 {
-            return Err(ParseError::NegativeCounter);
-        }
+        let (value, delta) = sample_value(raw.as_bytes(), kind)?;
         Ok(Sample {
             name,
             kind,
@@ -673,6 +594,37 @@ fn split_ascii(s: &str, sep: u8) -> impl Iterator<Item = &str> {
             }
         }
     })
+}
+
+/// Whether the bytes between a line's first `:` and the `|` after it are one value: not
+/// empty, and no `:` (a v1.1 pack). Only such a line can be looked up by its bytes without the
+/// value (the pipeline's line key), since nothing but the value then varies.
+#[inline]
+pub fn is_single_value(value: &[u8]) -> bool {
+    // A value is a few bytes: a plain loop beats memchr's call here.
+    !value.is_empty() && !value.contains(&b':')
+}
+
+/// One sample's value for a line of type `kind` (not a set, whose value is its member): a
+/// number [`parse_value_bytes`] accepts, not negative on a counter; and whether it is a gauge
+/// delta (`+n`/`-n`). The one value rule, used by [`parse_line`] and by the pipeline when it
+/// parses only the value of a line it knows.
+#[inline]
+pub fn sample_value(raw: &[u8], kind: MetricType) -> Result<(f64, bool), ParseError> {
+    let value = parse_value_bytes(raw)?;
+    if kind == MetricType::Counter && value < 0.0 {
+        return Err(ParseError::NegativeCounter);
+    }
+    Ok((
+        value,
+        kind == MetricType::Gauge && matches!(raw[0], b'+' | b'-'),
+    ))
+}
+
+/// [`sample_value`] of a counter line: the value, if the parser would take it.
+#[inline(always)]
+pub fn counter_value(raw: &[u8]) -> Option<f64> {
+    sample_value(raw, MetricType::Counter).ok().map(|(v, _)| v)
 }
 
 /// A decimal number: optional sign, digits, optional fraction, optional exponent. Hex, `_`,
@@ -797,27 +749,6 @@ fn parse_service_check<'a>(rest: &'a str, opts: &ParseOptions) -> Result<Special
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn find_byte_agrees_with_a_plain_search() {
-        // Every length up to past the memchr cut, the byte at every place, none, and bytes
-        // around it that differ by one bit (0x3a ^ 0x80, 0x3b, 0x39) or need a borrow (0x00).
-        for len in 0..80 {
-            for at in (0..len).map(Some).chain([None]) {
-                for filler in [b'a', 0x00, 0x39, 0x3b, 0xba, 0xff] {
-                    let mut hay = vec![filler; len];
-                    if let Some(i) = at {
-                        hay[i] = b':';
-                        if i + 1 < len {
-                            hay[i + 1] = b':';
-                        }
-                    }
-                    let want = hay.iter().position(|&c| c == b':');
-                    assert_eq!(find_byte(b':', &hay), want, "len {len} at {at:?} {filler}");
-                }
-            }
-        }
-    }
-
     use super::*;
 
     /// name, type, value, delta, rate, tags.

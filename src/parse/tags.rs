@@ -1,5 +1,6 @@
-//! Turning a raw StatsD name and its tags into a Prometheus family name and a canonical,
-//! rendered label set. Runs only when a worker meets a raw name it has not resolved before.
+//! Tags: the DogStatsD `k:v` tag and the tags a name may carry (SignalFx `[k=v]`, Librato
+//! `#k=v`, InfluxDB `,k=v`), split into key/value pairs, and why a tag was skipped. Runs only
+//! when a worker meets a raw name it has not resolved before.
 
 use crate::config::Parse;
 
@@ -136,99 +137,6 @@ pub fn one_tag(t: &str, sep: char, tags: &mut Vec<(String, String)>, errors: &mu
     }
 }
 
-/// A Prometheus metric name: every character outside `[a-zA-Z0-9_:]` becomes `_`; a leading
-/// digit gets a `_` prefix.
-pub fn metric_name(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 1);
-    if s.starts_with(|c: char| c.is_ascii_digit()) {
-        out.push('_');
-    }
-    out.extend(s.chars().map(|c| {
-        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
-            c
-        } else {
-            '_'
-        }
-    }));
-    out
-}
-
-/// A Prometheus label name: every character outside `[a-zA-Z0-9_]` becomes `_`; a leading digit
-/// gets a `_` prefix.
-pub fn label_name(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 1);
-    if s.starts_with(|c: char| c.is_ascii_digit()) {
-        out.push('_');
-    }
-    out.extend(s.chars().map(|c| {
-        if c.is_ascii_alphanumeric() || c == '_' {
-            c
-        } else {
-            '_'
-        }
-    }));
-    out
-}
-
-/// Writes a label value escaped for the text exposition (`\\`, `\"`, `\n`).
-pub fn escape_into(out: &mut String, v: &str) {
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// Sanitises, filters and sorts `tags` into the rendered label set `k="v",k2="v2"` (no braces).
-/// Later duplicates win.
-///
-/// `le` and `quantile` are dropped (and counted as reserved) on every type, not only on
-/// observers: on a histogram or summary they would clash with the labels the exposition adds,
-/// and on any other type `promtool check metrics` rejects them ("non-histogram metrics should
-/// not have "le" label"). `_observer` is kept for callers; the rule no longer depends on it.
-///
-/// Duplicates are removed by a stable sort, so a line with 10,000 tags costs O(n log n), not
-/// O(n^2) (a hostile datagram must not wedge a worker on its cache-miss path).
-pub fn render_labels(
-    tags: Vec<(String, String)>,
-    _observer: bool,
-    errors: &mut TagErrors,
-) -> String {
-    let mut labels: Vec<(String, String)> = Vec::with_capacity(tags.len());
-    for (k, v) in tags {
-        let k = label_name(&k);
-        if k.starts_with("__") || k == "le" || k == "quantile" {
-            errors.add(TagError::ReservedLabel);
-            continue;
-        }
-        labels.push((k, v));
-    }
-    // Stable: equal keys keep their line order, so the last of each run is the one that wins.
-    labels.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut keep = vec![true; labels.len()];
-    for i in 1..labels.len() {
-        if labels[i - 1].0 == labels[i].0 {
-            keep[i - 1] = false;
-        }
-    }
-    let mut keep = keep.into_iter();
-    labels.retain(|_| keep.next().unwrap_or(true));
-    let mut out = String::new();
-    for (i, (k, v)) in labels.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(k);
-        out.push_str("=\"");
-        escape_into(&mut out, v);
-        out.push('"');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,28 +168,5 @@ mod tests {
             assert_eq!((n.as_str(), e.is_empty()), (bad, false), "{bad}");
         }
         assert_eq!(split("[a=b]").0, "");
-    }
-
-    #[test]
-    fn names_and_labels() {
-        assert_eq!(metric_name("api.req-count"), "api_req_count");
-        assert_eq!(metric_name("9lives"), "_9lives");
-        assert_eq!(label_name("tag.with.dots"), "tag_with_dots");
-        assert_eq!(label_name("09x"), "_09x");
-        let mut e = TagErrors::default();
-        let l = render_labels(
-            vec![
-                ("b".into(), "1".into()),
-                ("a".into(), "q\"\\\n".into()),
-                ("b".into(), "2".into()),
-                ("__name__".into(), "x".into()),
-            ],
-            false,
-            &mut e,
-        );
-        assert_eq!(l, r#"a="q\"\\\n",b="2""#);
-        assert_eq!(e.0[TagError::ReservedLabel as usize], 1);
-        let l = render_labels(vec![("le".into(), "5".into())], true, &mut e);
-        assert_eq!(l, "");
     }
 }

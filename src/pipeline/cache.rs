@@ -16,9 +16,9 @@ use std::hash::{BuildHasher as _, Hasher as _};
 
 use hashbrown::HashTable;
 
-use super::names::TagErrors;
-use super::{Layout, Refusal};
 use crate::parse::MetricType;
+use crate::parse::tags::TagErrors;
+use crate::store::{Layout, Refusal};
 
 /// A worker's cached resolution of one raw key.
 ///
@@ -521,7 +521,7 @@ mod tests {
         c.insert(b"a", series(7, Layout::Gauge, MetricType::Gauge, 1.0));
         c.insert(b"ab", series(9, Layout::Counter, MetricType::Timer, 0.001));
         let mut errors = TagErrors::default();
-        errors.add(super::super::names::TagError::EmptyKey);
+        errors.add(crate::parse::tags::TagError::EmptyKey);
         c.insert(
             b"abc",
             Entry::Refused {

@@ -1,12 +1,20 @@
-//! The load generator behind `tallyd blast`: paced StatsD traffic over UDP from several
-//! sockets, one line per datagram or packed to a size, with a chosen number of distinct names
-//! and tags. It prints what it sent, so a run can be checked against what the daemon counted.
+//! `tallyd-blast`, the load generator of tallyd's load and soak tests: paced StatsD traffic
+//! over UDP from several sockets, one line per datagram or packed to a size, with a chosen
+//! number of distinct names and tags. It prints what it sent, so a run can be checked against
+//! what the daemon counted. A tool beside the daemon, not part of it: it uses none of the
+//! daemon's library.
+
+mod mmsg;
 
 use std::net::{SocketAddr, UdpSocket};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// What to send.
-#[derive(Debug, Clone, clap::Args)]
+use clap::Parser;
+
+/// Sends paced StatsD counter lines over UDP and prints what it sent.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tallyd-blast", version)]
 pub struct BlastArgs {
     /// Target address.
     #[arg(long, default_value = "127.0.0.1:8125")]
@@ -18,7 +26,7 @@ pub struct BlastArgs {
     #[arg(long, default_value_t = 0)]
     pub count: u64,
     /// Stop after this long.
-    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Distinct metric names.
     #[arg(long, default_value_t = 100)]
@@ -200,7 +208,7 @@ fn sender(a: &BlastArgs, idx: u32, of: u32) -> std::io::Result<Sent> {
             }
             let mut i = 0;
             while i < slices.len() {
-                match crate::ingest::sys::send_batch(&sock, &slices[i..]) {
+                match mmsg::send_batch(&sock, &slices[i..]) {
                     Ok(k) if k > 0 => {
                         sent.datagrams += k as u64;
                         sent.lines += ends[i..i + k].iter().map(|e| e.1).sum::<u64>();
@@ -231,4 +239,25 @@ fn sender(a: &BlastArgs, idx: u32, of: u32) -> std::io::Result<Sent> {
         }
     }
     Ok(sent)
+}
+
+fn main() -> ExitCode {
+    let args = BlastArgs::parse();
+    match run(&args) {
+        Ok((s, took)) => {
+            println!(
+                "sent lines={} datagrams={} send_errors={} seconds={:.3} lines_per_second={:.0}",
+                s.lines,
+                s.datagrams,
+                s.send_errors,
+                took.as_secs_f64(),
+                s.lines as f64 / took.as_secs_f64().max(1e-9)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tallyd-blast: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,210 @@
+//! Prometheus naming: the one place for what a name may be and which names clash.
+//!
+//! Both sides use it: the ingest side when it creates a series (a sanitised name, a family that
+//! must not claim a reserved name or collide with another family's suffixed samples), and the
+//! export side when it writes the samples a family's kind adds (`_bucket`, `_sum`, `_count`).
+//! A rule here holds for every exposition format at once.
+
+use crate::parse::tags::{TagError, TagErrors};
+
+/// The prefix of tallyd's own metrics; no StatsD family may start with it.
+pub const RESERVED_PREFIX: &str = "tallyd_";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The Prometheus type a family was claimed with.
+pub enum FamilyKind {
+    /// `counter`, name ends in `_total`.
+    Counter,
+    /// `gauge`.
+    Gauge,
+    /// `histogram`.
+    Histogram,
+    /// A set's distinct-member estimate, exported as a `gauge`.
+    Set,
+    /// `summary`: quantiles from a sketch (opt-in per mapping rule).
+    Summary,
+}
+
+/// True if creating family `name` of `kind` would collide with histogram suffixes: a new
+/// histogram whose `_bucket`/`_sum`/`_count` names exist already, or a new family of any kind
+/// (histograms included: `x_sum` as a histogram after the histogram `x`) whose name is one of
+/// an existing histogram's suffixed names. Either would make the text parser attach one
+/// family's samples or `# TYPE` line to the other, and the whole scrape would fail.
+///
+/// `existing` looks a family up by name and returns its kind.
+pub fn collides(
+    name: &str,
+    kind: FamilyKind,
+    existing: impl Fn(&str) -> Option<FamilyKind>,
+) -> bool {
+    if kind
+        .suffixes()
+        .iter()
+        .any(|s| existing(&format!("{name}{s}")).is_some())
+    {
+        return true;
+    }
+    ["_bucket", "_sum", "_count"].iter().any(|s| {
+        name.strip_suffix(s)
+            .and_then(&existing)
+            .is_some_and(|k| k.suffixes().contains(s))
+    })
+}
+
+/// True if a family `name` of `kind` would write a sample under a reserved name: one of
+/// tallyd's own metrics (`reserved`, and anything starting with [`RESERVED_PREFIX`]).
+pub fn is_reserved(name: &str, kind: FamilyKind, reserved: &[String]) -> bool {
+    let hit = |n: &str| n.starts_with(RESERVED_PREFIX) || reserved.iter().any(|r| r == n);
+    hit(name) || kind.suffixes().iter().any(|s| hit(&format!("{name}{s}")))
+}
+
+/// A counter family's name: the sanitised name with `_total` appended unless it has it.
+pub fn counter_family(name: String) -> String {
+    if name.ends_with("_total") {
+        name
+    } else {
+        format!("{name}_total")
+    }
+}
+
+impl FamilyKind {
+    /// The Prometheus type name (`# TYPE`); a set's estimate is a gauge.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Gauge | Self::Set => "gauge",
+            Self::Histogram => "histogram",
+            Self::Summary => "summary",
+        }
+    }
+
+    /// The sample-name suffixes a family of this kind writes besides its own name.
+    pub fn suffixes(self) -> &'static [&'static str] {
+        match self {
+            Self::Histogram => &["_bucket", "_sum", "_count"],
+            Self::Summary => &["_sum", "_count"],
+            _ => &[],
+        }
+    }
+}
+
+/// A Prometheus metric name: every character outside `[a-zA-Z0-9_:]` becomes `_`; a leading
+/// digit gets a `_` prefix.
+pub fn metric_name(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 1);
+    if s.starts_with(|c: char| c.is_ascii_digit()) {
+        out.push('_');
+    }
+    out.extend(s.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    out
+}
+
+/// A Prometheus label name: every character outside `[a-zA-Z0-9_]` becomes `_`; a leading digit
+/// gets a `_` prefix.
+pub fn label_name(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 1);
+    if s.starts_with(|c: char| c.is_ascii_digit()) {
+        out.push('_');
+    }
+    out.extend(s.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    out
+}
+
+/// Writes a label value escaped for the text exposition (`\\`, `\"`, `\n`).
+pub fn escape_into(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Sanitises, filters and sorts `tags` into the rendered label set `k="v",k2="v2"` (no braces).
+/// Later duplicates win.
+///
+/// `le` and `quantile` are dropped (and counted as reserved) on every type, not only on
+/// observers: on a histogram or summary they would clash with the labels the exposition adds,
+/// and on any other type `promtool check metrics` rejects them ("non-histogram metrics should
+/// not have "le" label"). `_observer` is kept for callers; the rule no longer depends on it.
+///
+/// Duplicates are removed by a stable sort, so a line with 10,000 tags costs O(n log n), not
+/// O(n^2) (a hostile datagram must not wedge a worker on its cache-miss path).
+pub fn render_labels(
+    tags: Vec<(String, String)>,
+    _observer: bool,
+    errors: &mut TagErrors,
+) -> String {
+    let mut labels: Vec<(String, String)> = Vec::with_capacity(tags.len());
+    for (k, v) in tags {
+        let k = label_name(&k);
+        if k.starts_with("__") || k == "le" || k == "quantile" {
+            errors.add(TagError::ReservedLabel);
+            continue;
+        }
+        labels.push((k, v));
+    }
+    // Stable: equal keys keep their line order, so the last of each run is the one that wins.
+    labels.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut keep = vec![true; labels.len()];
+    for i in 1..labels.len() {
+        if labels[i - 1].0 == labels[i].0 {
+            keep[i - 1] = false;
+        }
+    }
+    let mut keep = keep.into_iter();
+    labels.retain(|_| keep.next().unwrap_or(true));
+    let mut out = String::new();
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_into(&mut out, v);
+        out.push('"');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels() {
+        assert_eq!(metric_name("api.req-count"), "api_req_count");
+        assert_eq!(metric_name("9lives"), "_9lives");
+        assert_eq!(label_name("tag.with.dots"), "tag_with_dots");
+        assert_eq!(label_name("09x"), "_09x");
+        let mut e = TagErrors::default();
+        let l = render_labels(
+            vec![
+                ("b".into(), "1".into()),
+                ("a".into(), "q\"\\\n".into()),
+                ("b".into(), "2".into()),
+                ("__name__".into(), "x".into()),
+            ],
+            false,
+            &mut e,
+        );
+        assert_eq!(l, r#"a="q\"\\\n",b="2""#);
+        assert_eq!(e.0[TagError::ReservedLabel as usize], 1);
+        let l = render_labels(vec![("le".into(), "5".into())], true, &mut e);
+        assert_eq!(l, "");
+    }
+}

@@ -1,0 +1,250 @@
+//! A raw StatsD name and its tags resolved to a series: tags split off the name, the mapping
+//! rules applied, the name and labels made Prometheus-safe ([`crate::naming`]), and the series
+//! found or created in the store's registry. Runs on a writer's cache miss only; its result is
+//! cached ([`super::cache::Entry`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Writer;
+use super::cache::Entry;
+use crate::config::mapping::Mapped;
+use crate::naming::{self, FamilyKind};
+use crate::parse::tags::{self, TagErrors};
+use crate::parse::{MetricType, Sample, Special};
+use crate::store::{Layout, NewSeries, Refusal};
+
+impl Writer {
+    /// Resolves a sample's raw name and tags to a series (the cache-miss path).
+    pub(super) fn resolve(&mut self, s: &Sample<'_>) -> Entry {
+        let snap = self.snap.clone();
+        let cfg = &snap.config;
+        let mut errors = TagErrors::default();
+        let mut tags = Vec::new();
+        let base = tags::split_name_tags(s.name, &cfg.parse, &mut tags, &mut errors);
+        for t in s.tags.iter() {
+            tags::one_tag(t, ':', &mut tags, &mut errors);
+        }
+        if cfg.parse.container_id_label
+            && let Some(c) = s.container_id.filter(|c| !c.is_empty())
+        {
+            tags.push(("container_id".into(), c.into()));
+        }
+        let refused = |reason, rule| Entry::Refused {
+            reason,
+            rule,
+            tag_errors: errors,
+        };
+        if base.is_empty() {
+            return refused(Refusal::EmptyName, 0);
+        }
+        let observer = s.kind.is_observer();
+        let default_scale = if s.kind == MetricType::Timer {
+            0.001
+        } else {
+            1.0
+        };
+        let default_buckets = || -> Arc<[f64]> {
+            let b = if s.kind == MetricType::Timer {
+                &cfg.defaults.timer_buckets
+            } else {
+                &cfg.defaults.histogram_buckets
+            };
+            Arc::from(b.as_slice())
+        };
+        let (name, ttl, buckets, help, scale, summary) = match snap.mapper.map(&base, s.kind) {
+            Mapped::Unmapped => {
+                self.stats.unmapped += 1;
+                (
+                    naming::metric_name(&base),
+                    cfg.defaults.ttl,
+                    None,
+                    None,
+                    default_scale,
+                    None,
+                )
+            }
+            Mapped::Drop { rule } => return refused(Refusal::MappingDrop, rule),
+            Mapped::Map {
+                name,
+                labels,
+                ttl,
+                buckets,
+                help,
+                scale,
+                summary,
+                ..
+            } => {
+                if name.is_empty() {
+                    return refused(Refusal::InvalidMappedName, 0);
+                }
+                tags.extend(labels.into_iter().filter(|(_, v)| !v.is_empty()));
+                (
+                    naming::metric_name(&name),
+                    ttl.unwrap_or(cfg.defaults.ttl),
+                    buckets,
+                    help,
+                    scale.unwrap_or(default_scale),
+                    summary,
+                )
+            }
+        };
+        let (family, kind, layout) = match s.kind {
+            MetricType::Counter => (
+                naming::counter_family(name),
+                FamilyKind::Counter,
+                Layout::Counter,
+            ),
+            MetricType::Gauge => (name, FamilyKind::Gauge, Layout::Gauge),
+            MetricType::Set => (name, FamilyKind::Set, Layout::Set),
+            _ => match &summary {
+                Some(sm) => {
+                    let half_ms = u32::try_from((sm.window / 2).as_millis()).unwrap_or(u32::MAX);
+                    (name, FamilyKind::Summary, Layout::Summary(half_ms))
+                }
+                None => (name, FamilyKind::Histogram, Layout::Histogram(0)),
+            },
+        };
+        let labels = naming::render_labels(tags, observer, &mut errors);
+        let (buckets, window) = match &summary {
+            Some(sm) if observer => (Some(sm.quantiles.clone()), sm.window),
+            _ => (
+                observer.then(|| buckets.unwrap_or_else(default_buckets)),
+                Duration::ZERO,
+            ),
+        };
+        let layout = match (layout, &buckets) {
+            (Layout::Histogram(_), Some(b)) => Layout::Histogram(b.len() as u8),
+            (l, _) => l,
+        };
+        self.create(
+            &family, kind, &labels, layout, ttl, help, buckets, window, scale, errors, s.kind,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &mut self,
+        family: &str,
+        kind: FamilyKind,
+        labels: &str,
+        layout: Layout,
+        ttl: Duration,
+        help: Option<Arc<str>>,
+        buckets: Option<Arc<[f64]>>,
+        window: Duration,
+        scale: f64,
+        tag_errors: TagErrors,
+        sample: MetricType,
+    ) -> Entry {
+        let r = self.store.find_or_create(NewSeries {
+            family,
+            kind,
+            labels,
+            layout,
+            ttl,
+            help,
+            buckets: buckets.clone(),
+            window,
+            limits: &self.snap.config.limits,
+        });
+        match r {
+            Ok(offset) => Entry::Series {
+                offset,
+                layout,
+                kind: sample,
+                scale,
+                rate: 1.0,
+                buckets: if matches!(layout, Layout::Histogram(_)) {
+                    buckets
+                } else {
+                    None
+                },
+                tag_errors,
+            },
+            Err(reason) => Entry::Refused {
+                reason,
+                rule: 0,
+                tag_errors,
+            },
+        }
+    }
+
+    /// Aggregates an event or service check.
+    pub(super) fn special(&mut self, sp: &Special<'_>) {
+        let (kind, name, tags, extra, value) = match sp {
+            Special::Event {
+                alert_type,
+                priority,
+                tags,
+            } => {
+                self.stats.events += 1;
+                (b'E', *alert_type, tags, *priority, 1.0)
+            }
+            Special::ServiceCheck { name, status, tags } => {
+                self.stats.service_checks += 1;
+                (b'S', *name, tags, "", f64::from(*status))
+            }
+        };
+        let sample = Sample {
+            name,
+            kind: if kind == b'E' {
+                MetricType::Counter
+            } else {
+                MetricType::Gauge
+            },
+            value,
+            delta: false,
+            rate: 1.0,
+            member: "",
+            tags: *tags,
+            container_id: None,
+        };
+        self.build_key(kind, name, tags.as_slice(), extra);
+        // Events and checks are counted on their own, not as samples.
+        self.settle_key(&sample, false, |w| {
+            let mut errors = TagErrors::default();
+            let mut labels = Vec::new();
+            for t in tags.iter() {
+                tags::one_tag(t, ':', &mut labels, &mut errors);
+            }
+            let (family, fk, layout, fixed) = if kind == b'E' {
+                (
+                    "statsd_events_total",
+                    FamilyKind::Counter,
+                    Layout::Counter,
+                    [("alert_type", name), ("priority", extra)],
+                )
+            } else {
+                (
+                    "statsd_service_check_status",
+                    FamilyKind::Gauge,
+                    Layout::Gauge,
+                    [("check", name), ("", "")],
+                )
+            };
+            // The fixed labels go last so a tag cannot override them.
+            labels.extend(
+                fixed
+                    .iter()
+                    .filter(|(k, _)| !k.is_empty())
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+            );
+            let labels = naming::render_labels(labels, false, &mut errors);
+            let ttl = w.snap.config.defaults.ttl;
+            w.create(
+                family,
+                fk,
+                &labels,
+                layout,
+                ttl,
+                None,
+                None,
+                Duration::ZERO,
+                1.0,
+                errors,
+                sample.kind,
+            )
+        });
+    }
+}
