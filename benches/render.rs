@@ -17,6 +17,7 @@
 //! is bounded by a chunk, not by the output.
 //!
 //! `cargo bench --bench render -- --warm-up-time 1 --measurement-time 3`
+#![allow(unsafe_code)] // a counting global allocator; each block says why it holds
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! `minrecv lines=.. datagrams=.. cpu_seconds=..` (CPU time from getrusage) and exits.
 //!
 //! `cargo run --release --example minrecv -- 127.0.0.1:18126 [recv_buffer_bytes] [idle_seconds]`
+#![allow(unsafe_code)] // raw socket calls (the minimal receiver tallyd is measured against); each block says why it holds
 
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;

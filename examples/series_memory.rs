@@ -11,6 +11,7 @@
 //! one worker, which is what SO_REUSEPORT does for a given sender address).
 //!
 //! `cargo run --release --example series_memory -- 1000000 both [families]`
+#![allow(unsafe_code)] // a counting global allocator; each block says why it holds
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write as _;

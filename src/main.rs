@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use tallyd::config::live::Snapshot;
 use tallyd::config::{Config, LogFormat};
 #[cfg(not(loom))]
-use tallyd::daemon::{Daemon, Options};
+use tallyd::daemon::{Daemon, Options, control};
 
 /// A StatsD / DogStatsD aggregation daemon for Prometheus.
 #[cfg(not(loom))]
@@ -51,7 +51,10 @@ fn init_logging(cfg: &Config) {
         .with_writer(std::io::stderr);
     match cfg.log.format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Logfmt => builder.event_format(tallyd::daemon::Logfmt).init(),
+        LogFormat::Logfmt => builder
+            .event_format(tracing_logfmt::EventsFormatter::default())
+            .fmt_fields(tracing_logfmt::FieldsFormatter::default())
+            .init(),
         LogFormat::Text => builder.with_ansi(ansi).init(),
     }
 }
@@ -101,7 +104,10 @@ fn main() -> ExitCode {
         None => Config::default(),
     };
     init_logging(&cfg);
-    let passed = tallyd::ingest::activation::take();
+    // SAFETY: no other thread exists yet (the runtime is built below), and nothing else in the
+    // process takes the passed descriptors.
+    #[allow(unsafe_code)]
+    let passed = unsafe { tallyd::daemon::systemd::take_passed_sockets() };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -116,7 +122,16 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let mut opts = Options::new(cli.config.clone());
         opts.passed = passed;
-        opts.signals = true;
+        match (control::stop_signal(), control::hangup_signal()) {
+            (Ok(stop), Ok(hup)) => {
+                opts.shutdown = Some(Box::pin(stop));
+                opts.hangup = Some(hup);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("tallyd: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         match Daemon::start(opts).await {
             Ok(d) => {
                 d.wait().await;

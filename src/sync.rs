@@ -7,6 +7,12 @@
 //! interleaving of the real code. arc-swap has no loom support: under loom, [`Cell`] is an
 //! `RwLock<Arc<T>>` with the same interface (every reader sees one whole value, old or new,
 //! which is the property arc-swap gives and the models check).
+//!
+//! `OnceBox` is written here rather than taken from a crate (`once_cell::race::OnceBox` does
+//! the same) because loom must model it: built on this module's atomics it runs under loom's
+//! scheduler in `tests/loom.rs`, and a crate's would not. It is the second module allowed
+//! `unsafe` (the raw pointer of the box); every block says why it holds.
+#![allow(unsafe_code)]
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering, fence};

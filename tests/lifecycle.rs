@@ -1,6 +1,7 @@
 //! The daemon's life: readiness before and after the listeners are bound (through the library's
 //! two-step start), SIGTERM on the built binary, `check-config`, `--version`, `--help`, and the
 //! binary on its embedded defaults (only when 127.0.0.1:8125 and :9102 are free).
+#![allow(unsafe_code)] // signals sent with libc::kill; each block says why it holds
 
 mod common;
 

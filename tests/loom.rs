@@ -23,6 +23,7 @@
 //! threads have 32 KiB stacks, so model threads are spawned with more (`spawn`) and configs
 //! with mapping rules are parsed on a thread of their own (`parse`).
 #![cfg(loom)]
+#![allow(unsafe_code)] // a loom model of the lock-free box; each block says why it holds
 
 use std::sync::Arc as StdArc;
 use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};

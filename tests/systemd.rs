@@ -5,6 +5,7 @@
 //! Every exchange is synchronised on something the daemon says (a notify message or a scrape),
 //! never on a sleep: a reload is over when its `READY=1` arrives, a batch is counted when the
 //! scrape shows it.
+#![allow(unsafe_code)] // signals sent with libc::kill, the monotonic clock; each block says why it holds
 
 mod common;
 
@@ -106,7 +107,12 @@ impl Env {
         self.notify.set_read_timeout(Some(timeout)).unwrap();
         let mut buf = [0u8; 4096];
         match self.notify.recv(&mut buf) {
-            Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            // Assignments are newline-separated; the last one's newline is optional.
+            Ok(n) => Some(
+                String::from_utf8_lossy(&buf[..n])
+                    .trim_end_matches('\n')
+                    .to_owned(),
+            ),
             Err(e)
                 if matches!(
                     e.kind(),

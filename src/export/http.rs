@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use hyper::header::{ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
@@ -301,7 +302,7 @@ impl Auth {
         let cached = crate::sync::lock(&self.verified).get(user).cloned();
         if let Some((h, p)) = cached
             && h == *hash
-            && constant_time_eq(p.as_bytes(), pass.as_bytes())
+            && bool::from(p.as_bytes().ct_eq(pass.as_bytes()))
         {
             return true;
         }
@@ -317,10 +318,6 @@ impl Auth {
         }
         ok
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn unauthorized() -> Response<Body> {

@@ -8,7 +8,6 @@
 //! TCP connections are async tasks sharing one writer per listener behind a mutex (streams
 //! carry far fewer lines than UDP on a StatsD host).
 
-pub mod activation;
 pub mod sys;
 
 use std::io;

@@ -1,8 +1,10 @@
-//! The one module with `unsafe`: batched `recvmmsg`,
-//! `SO_MEMINFO`, `SO_RCVBUFFORCE`, and adopting sockets passed by systemd.
+//! The socket system calls the standard library and socket2 do not offer: batched
+//! `recvmmsg`, `SO_MEMINFO` (kernel drops), `SO_RCVBUFFORCE`. One of the few modules allowed
+//! `unsafe` (the crate denies it elsewhere); every block says why it holds.
+#![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
 /// One `mmsghdr` per iovec, each pointing at its iovec (no address, no control data). The
 /// headers hold raw pointers into `iovecs`, which must stay alive and unmoved while they are
@@ -164,36 +166,4 @@ pub fn socket_drops(fd: RawFd) -> Option<u64> {
     };
     (r == 0 && len as usize >= (SK_MEMINFO_DROPS + 1) * 4)
         .then(|| u64::from(info[SK_MEMINFO_DROPS]))
-}
-
-/// Takes ownership of file descriptor `fd` passed by systemd socket activation.
-///
-/// # Safety
-/// `fd` must be an open descriptor that nothing else in the process owns (guaranteed for
-/// `LISTEN_FDS` descriptors, which systemd hands to exactly this process, and which
-/// [`crate::ingest::activation`] takes once).
-pub unsafe fn adopt_fd(fd: RawFd) -> OwnedFd {
-    // SAFETY: upheld by the caller.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-/// Removes environment variables (socket-activation variables, so children do not inherit
-/// them). Call only at start-up, before other threads run.
-pub fn clear_env(keys: &[&str]) {
-    for k in keys {
-        // SAFETY: called from the daemon's start, before it spawns threads that could read the
-        // environment concurrently.
-        unsafe { std::env::remove_var(k) };
-    }
-}
-
-/// CLOCK_MONOTONIC in microseconds (systemd's `MONOTONIC_USEC`).
-pub fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and an out-pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }

@@ -141,14 +141,17 @@ impl Entry {
         else {
             return None;
         };
+        // Exhaustive, no wildcard: a new layout must be given a code here (or none) before
+        // this compiles, and `PLAIN_LAYOUTS` decodes the code back.
         let code = match layout {
             Layout::Counter => 0,
             Layout::Gauge => 1,
             Layout::Set => 2,
-            _ => return None,
+            Layout::Histogram(_) | Layout::Summary(_) => return None,
         };
+        debug_assert_eq!(PLAIN_LAYOUTS[code as usize], *layout);
         (*scale == 1.0 && *rate == 1.0 && tag_errors.is_empty() && *offset <= PAYLOAD)
-            .then_some(1 + *kind as u32 + 6 * code)
+            .then_some(1 + kind_code(*kind) + KINDS.len() as u32 * code)
     }
 }
 
@@ -164,7 +167,7 @@ const PAYLOAD: u32 = (1 << CODE_SHIFT) - 1;
 /// The code of an entry kept in the side vector.
 const FAT: u32 = 0;
 /// The code of a plain counter series fed by counter samples: what most lines hit.
-const PLAIN_COUNTER: u32 = 1 + MetricType::Counter as u32;
+const PLAIN_COUNTER: u32 = 1;
 
 /// The series offset of a filed value that is a plain counter entry (kind and layout counter,
 /// scale and rate 1, no tag errors): its sample is only added to the offset's counter.
@@ -173,6 +176,22 @@ pub(super) fn plain_counter(value: u32) -> Option<u32> {
     (value >> CODE_SHIFT == PLAIN_COUNTER).then_some(value & PAYLOAD)
 }
 
+/// The layouts a plain entry may have, each at its code's place ([`Entry::plain`]).
+const PLAIN_LAYOUTS: [Layout; 3] = [Layout::Counter, Layout::Gauge, Layout::Set];
+
+/// A sample type's code: its place in [`KINDS`]. Exhaustive, so a new type must be placed.
+fn kind_code(kind: MetricType) -> u32 {
+    match kind {
+        MetricType::Counter => 0,
+        MetricType::Gauge => 1,
+        MetricType::Timer => 2,
+        MetricType::Histogram => 3,
+        MetricType::Distribution => 4,
+        MetricType::Set => 5,
+    }
+}
+
+/// Every sample type, each at its [`kind_code`].
 const KINDS: [MetricType; 6] = [
     MetricType::Counter,
     MetricType::Gauge,
@@ -363,17 +382,13 @@ impl Cache {
         if code == FAT {
             return self.fat[payload as usize].hit();
         }
-        let code = code - 1;
+        let code = (code - 1) as usize;
         Hit {
             target: Target::Series {
                 offset: payload,
-                layout: match code / 6 {
-                    0 => Layout::Counter,
-                    1 => Layout::Gauge,
-                    _ => Layout::Set,
-                },
+                layout: PLAIN_LAYOUTS[code / KINDS.len()],
             },
-            kind: KINDS[(code % 6) as usize],
+            kind: KINDS[code % KINDS.len()],
             rate: 1.0,
             scale: 1.0,
             buckets: None,
@@ -427,6 +442,50 @@ impl Cache {
 
 #[cfg(test)]
 mod tests {
+    /// Every plain layout and every sample type encodes to a code that fits the slot's five
+    /// bits and decodes to itself; every other layout is kept fat.
+    #[test]
+    fn every_plain_code_round_trips() {
+        use crate::store::Layout;
+        assert_eq!(kind_code(MetricType::Counter), PLAIN_COUNTER - 1);
+        let all = [
+            Layout::Counter,
+            Layout::Gauge,
+            Layout::Set,
+            Layout::Histogram(3),
+            Layout::Summary(500),
+        ];
+        let mut cache = Cache::new();
+        for layout in all {
+            for kind in KINDS {
+                assert_eq!(KINDS[kind_code(kind) as usize], kind);
+                let e = Entry::Series {
+                    offset: 42,
+                    layout,
+                    kind,
+                    scale: 1.0,
+                    rate: 1.0,
+                    buckets: None,
+                    tag_errors: Default::default(),
+                };
+                let Some(code) = e.plain() else {
+                    assert!(matches!(layout, Layout::Histogram(_) | Layout::Summary(_)));
+                    continue;
+                };
+                assert!(
+                    code != FAT && code < 1 << (32 - CODE_SHIFT),
+                    "{layout:?} {kind:?}"
+                );
+                let hit = cache.decode(code << CODE_SHIFT | 42);
+                assert_eq!(
+                    (hit.target, hit.kind),
+                    (Target::Series { offset: 42, layout }, kind)
+                );
+            }
+        }
+        cache.clear();
+    }
+
     use super::*;
 
     fn series(offset: u32, layout: Layout, kind: MetricType, scale: f64) -> Entry {

@@ -18,6 +18,7 @@
 //!   which is sorted and merged in once it holds [`RECENT_MAX`] families, and at the start of
 //!   every scrape ([`Catalog::settle`]).
 
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -197,7 +198,7 @@ pub(super) struct Placement {
 
 /// Series and families (see the module docs).
 pub(super) struct Catalog {
-    hasher: ahash::RandomState,
+    hasher: foldhash::quality::RandomState,
     text: String,
     /// Bytes of `text` that no series' key uses any more.
     garbage: usize,
@@ -221,7 +222,7 @@ pub(super) struct Catalog {
 impl Catalog {
     pub(super) fn new() -> Self {
         Self {
-            hasher: ahash::RandomState::new(),
+            hasher: foldhash::quality::RandomState::default(),
             text: String::new(),
             garbage: 0,
             series: Vec::new(),

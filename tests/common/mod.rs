@@ -1,6 +1,7 @@
 //! Shared test harness: a real daemon (in-process through the library, or the built binary)
 //! on ephemeral loopback ports, real UDP datagrams, real HTTP scrapes.
 #![allow(dead_code)]
+#![allow(unsafe_code)] // signals sent with libc::kill; each block says why it holds
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};

@@ -1,0 +1,442 @@
+//! The daemon's lifecycle: start, serve, stop. What runs after start-up is in [`control`]
+//! (reloads, listener changes, signals, the watchdog) and [`systemd`] (the notify protocol and
+//! socket activation).
+//!
+//! Start-up is two steps so tests (and the readiness contract) can observe the gap:
+//! [`Daemon::start_http`] loads the config and serves HTTP (`/-/ready` answers 503), and
+//! [`Starting::bind_listeners`] binds every listener, then marks ready (200, `READY=1`).
+//! The outside world is injected ([`Options`]): the config path, the clock, the sockets passed
+//! by systemd, an already bound HTTP listener, what stops the daemon (a future: the binary
+//! passes [`control::stop_signal`]) and what asks for reloads (SIGHUP in the binary).
+
+pub mod control;
+pub mod systemd;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::clock::{Clock, MonotonicClock};
+use crate::config::live::{Live, Snapshot};
+use crate::config::{Config, ConfigError, Tcp, Udp, Unixgram};
+use crate::export::http::{Control, State};
+use crate::ingest::{self, Running};
+use crate::ready::Readiness;
+use crate::store::Store;
+use crate::telemetry::Telemetry;
+use systemd::{Passed, claims, take_passed};
+
+/// How the daemon is started.
+pub struct Options {
+    /// The config file; `None` runs on the embedded defaults (no reloads from disk).
+    pub config_path: Option<PathBuf>,
+    /// The clock for stamps and expiry.
+    pub clock: Arc<dyn Clock>,
+    /// Sockets passed by systemd (`LISTEN_FDS`).
+    pub passed: Vec<Passed>,
+    /// How often idle series are swept.
+    pub sweep_interval: Duration,
+    /// Watch the config file's directory for changes.
+    pub watch: bool,
+    /// An HTTP listener already bound, served instead of binding `[http] listen` (a test binds
+    /// port 0 and knows its address before the daemon starts).
+    pub http_listener: Option<std::net::TcpListener>,
+    /// Stops the daemon when it resolves (the binary: SIGTERM or SIGINT). Without it, only
+    /// [`Daemon::shutdown`] stops it.
+    pub shutdown: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Each signal received asks for a reload (the binary: SIGHUP). Installed before
+    /// `READY=1`, since systemd may send it as soon as it sees that.
+    pub hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Options {
+    /// Defaults: embedded config, monotonic clock, no passed sockets, sweep every second.
+    pub fn new(config_path: Option<PathBuf>) -> Self {
+        Self {
+            config_path,
+            clock: Arc::new(MonotonicClock::default()),
+            passed: Vec::new(),
+            sweep_interval: Duration::from_secs(1),
+            watch: true,
+            http_listener: None,
+            shutdown: None,
+            hangup: None,
+        }
+    }
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config file is invalid.
+    #[error("invalid config: {0}")]
+    Config(#[from] ConfigError),
+    /// A socket could not be bound.
+    #[error("cannot bind {what}: {source}")]
+    Bind {
+        /// Which listener.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A listener's identity: its whole config section (changing any key re-binds it).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum Key {
+    Udp(Udp),
+    Tcp(Tcp),
+    Unixgram(Unixgram),
+}
+
+impl Key {
+    fn all(c: &Config) -> Vec<Key> {
+        let mut v: Vec<Key> = c.udp.iter().cloned().map(Key::Udp).collect();
+        v.extend(c.tcp.iter().cloned().map(Key::Tcp));
+        v.extend(c.unixgram.iter().cloned().map(Key::Unixgram));
+        v
+    }
+}
+
+type Listeners = Arc<std::sync::Mutex<HashMap<Key, Running>>>;
+
+/// A daemon whose HTTP endpoint is up but whose listeners are not bound yet.
+pub struct Starting {
+    /// The bound HTTP address.
+    pub http_addr: SocketAddr,
+    shared: Shared,
+    control_rx: mpsc::Receiver<Control>,
+    passed: Vec<Passed>,
+    opts_watch: bool,
+    shutdown: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    hangup: Option<tokio::signal::unix::Signal>,
+    sweep_interval: Duration,
+    http_task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Shared {
+    store: Arc<Store>,
+    telemetry: Arc<Telemetry>,
+    live: Arc<Live>,
+    ready: Arc<Readiness>,
+    listeners: Listeners,
+    control: mpsc::Sender<Control>,
+    stop_tx: watch::Sender<bool>,
+    /// The config the daemon started with (settings that apply at start only).
+    started: Arc<Snapshot>,
+}
+
+/// A running daemon.
+pub struct Daemon {
+    /// The bound HTTP address.
+    pub http_addr: SocketAddr,
+    shared: Shared,
+    control_task: tokio::task::JoinHandle<()>,
+    http_task: tokio::task::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Daemon {
+    /// Loads the config and serves HTTP; `/-/ready` answers 503 until
+    /// [`Starting::bind_listeners`].
+    pub async fn start_http(opts: Options) -> Result<Starting, StartError> {
+        let (snapshot, text) = match &opts.config_path {
+            Some(p) => {
+                let text = crate::config::read_file(p)?;
+                (Snapshot::from_toml(&text)?, Some(text))
+            }
+            None => (Snapshot::defaults(), None),
+        };
+        for w in &snapshot.warnings {
+            tracing::warn!("config: {w}");
+        }
+        let http_cfg = snapshot.config.http.clone();
+        let telemetry = Arc::new(Telemetry::new());
+        let store = Store::new(opts.clock.clone(), telemetry.reserved_names());
+        let live = Live::new(snapshot, opts.config_path.clone(), text);
+        let ready = Arc::new(Readiness::new());
+        let (control, control_rx) = mpsc::channel(16);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let listeners: Listeners = Default::default();
+        let shared = Shared {
+            store: store.clone(),
+            telemetry: telemetry.clone(),
+            live: live.clone(),
+            ready: ready.clone(),
+            listeners: listeners.clone(),
+            control: control.clone(),
+            stop_tx,
+            started: live.load(),
+        };
+        let passed = opts.passed;
+        let given = opts.http_listener.or_else(|| {
+            take_passed(&passed, |p| !p.datagram && p.addr == Some(http_cfg.listen))
+                .map(|p| p.socket.into())
+        });
+        let http = match given {
+            Some(l) => {
+                l.set_nonblocking(true).map_err(|e| bind_err("http", e))?;
+                tokio::net::TcpListener::from_std(l).map_err(|e| bind_err("http", e))?
+            }
+            None => tokio::net::TcpListener::bind(http_cfg.listen)
+                .await
+                .map_err(|e| bind_err(&format!("http {}", http_cfg.listen), e))?,
+        };
+        let http_addr = http.local_addr().map_err(|e| bind_err("http", e))?;
+        let drops_listeners = listeners.clone();
+        let state = Arc::new(State {
+            store,
+            telemetry,
+            live,
+            ready,
+            control,
+            auth: Default::default(),
+            before_scrape: Box::new(move || {
+                for r in crate::sync::lock(&drops_listeners).values() {
+                    r.read_drops();
+                }
+            }),
+        });
+        let tls =
+            crate::export::http::tls_acceptor(&http_cfg).map_err(|e| bind_err("http TLS", e))?;
+        let http_task = tokio::spawn(crate::export::http::serve(
+            http,
+            state,
+            tls,
+            http_cfg.max_connections,
+            http_cfg.header_read_timeout,
+            stop_rx,
+        ));
+        tracing::info!(address = %http_addr, "HTTP endpoint serving /metrics");
+        Ok(Starting {
+            http_addr,
+            shared,
+            control_rx,
+            passed,
+            opts_watch: opts.watch,
+            shutdown: opts.shutdown,
+            hangup: opts.hangup,
+            sweep_interval: opts.sweep_interval,
+            http_task,
+        })
+    }
+
+    /// Starts completely: HTTP, then every listener, then ready.
+    pub async fn start(opts: Options) -> Result<Daemon, StartError> {
+        Self::start_http(opts).await?.bind_listeners().await
+    }
+
+    /// Addresses of the running UDP listeners, in config order.
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs(|k| matches!(k, Key::Udp(_)))
+    }
+
+    /// Addresses of the running TCP listeners, in config order.
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs(|k| matches!(k, Key::Tcp(_)))
+    }
+
+    fn addrs(&self, f: impl Fn(&Key) -> bool) -> Vec<SocketAddr> {
+        let cfg = self.shared.live.load();
+        let map = crate::sync::lock(&self.shared.listeners);
+        Key::all(&cfg.config)
+            .iter()
+            .filter(|k| f(k))
+            .filter_map(|k| map.get(k).and_then(|r| r.addr))
+            .collect()
+    }
+
+    /// The store (tests read it directly).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.shared.store
+    }
+
+    /// The self-metrics.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.shared.telemetry
+    }
+
+    /// Asks for a reload as SIGHUP does; returns the outcome text.
+    pub async fn reload(&self) -> Result<String, String> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self
+            .shared
+            .control
+            .send(Control::Reload {
+                only_if_changed: false,
+                reply: Some(tx),
+            })
+            .await;
+        rx.await.unwrap_or_else(|_| Err("daemon stopped".into()))
+    }
+
+    /// Stops: not ready, `STOPPING=1`, listeners closed and drained, HTTP stopped.
+    pub async fn shutdown(self) {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .shared
+            .control
+            .send(Control::Shutdown(tx))
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+        let _ = self.control_task.await;
+        let _ = self.shared.stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.http_task).await;
+        for t in self.background {
+            t.abort();
+        }
+    }
+
+    /// Runs until [`Options::shutdown`] resolves or the control loop ends, then stops.
+    pub async fn wait(self) {
+        let stopped = self.shared.stop_tx.subscribe();
+        let mut stopped = stopped;
+        while !*stopped.borrow() {
+            if stopped.changed().await.is_err() {
+                break;
+            }
+        }
+        self.shutdown().await;
+    }
+}
+
+fn bind_err(what: &str, source: std::io::Error) -> StartError {
+    StartError::Bind {
+        what: what.to_string(),
+        source,
+    }
+}
+
+/// Binds and starts one listener.
+pub(crate) fn start_listener(key: &Key, passed: &[Passed], s: &Shared) -> std::io::Result<Running> {
+    let sinks = ingest::Sinks {
+        store: s.store.clone(),
+        live: s.live.clone(),
+        telemetry: s.telemetry.clone(),
+    };
+    let passed = take_passed(passed, |p| claims(key, p));
+    match key {
+        Key::Udp(u) => {
+            let sockets = match passed {
+                Some(p) => {
+                    tracing::info!(listener = %u.label(), name = %p.name, "using the UDP socket passed by systemd");
+                    vec![p.socket]
+                }
+                None => ingest::bind_udp(u, &s.telemetry)?,
+            };
+            ingest::start_udp(u, sockets, &sinks)
+        }
+        Key::Tcp(t) => {
+            let l = match passed {
+                Some(p) => p.socket.into(),
+                None => ingest::bind_tcp(t)?,
+            };
+            ingest::start_tcp(t, l, &sinks)
+        }
+        Key::Unixgram(u) => ingest::start_unixgram(u, passed.map(|p| p.socket), &sinks),
+    }
+}
+
+impl Starting {
+    /// Binds every configured listener (using sockets passed by systemd where they match),
+    /// starts the background tasks, and marks the daemon ready.
+    pub async fn bind_listeners(self) -> Result<Daemon, StartError> {
+        let s = self.shared.clone();
+        let cfg = s.live.load();
+        let mut started = HashMap::new();
+        for key in Key::all(&cfg.config) {
+            match start_listener(&key, &self.passed, &s) {
+                Ok(r) => {
+                    started.insert(key, r);
+                }
+                Err(e) => {
+                    for (_, r) in started.drain() {
+                        Running::stop(r);
+                    }
+                    let _ = s.stop_tx.send(true);
+                    return Err(bind_err(&format!("{key:?}"), e));
+                }
+            }
+        }
+        let keys = Key::all(&cfg.config);
+        for p in self.passed.iter().filter(|p| {
+            !keys.iter().any(|k| claims(k, p))
+                && (p.datagram || p.addr != Some(cfg.config.http.listen))
+        }) {
+            tracing::warn!(name = %p.name, addr = ?p.addr, path = ?p.path, "a socket passed by systemd matches no listener; kept unread for a later reload");
+        }
+        let labels: Vec<String> = started.values().map(|r| r.label.clone()).collect();
+        *crate::sync::lock(&s.listeners) = started;
+        // Signal handlers and the file watcher go in before READY=1: systemd may send SIGHUP
+        // (`systemctl reload`) as soon as it sees READY, and an unhandled SIGHUP kills.
+        let hangups = self
+            .hangup
+            .map(|hup| control::forward_hangups(hup, s.control.clone()));
+        let watcher = match (self.opts_watch, s.live.path()) {
+            (true, Some(path)) => {
+                let tx = s.control.clone();
+                match crate::config::live::watch(path, move || {
+                    let _ = tx.try_send(Control::Reload {
+                        only_if_changed: true,
+                        reply: None,
+                    });
+                }) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP instead");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        s.ready.set_ready(labels.clone());
+        systemd::ready(&control::status(&s, "config loaded"));
+        tracing::info!(listeners = ?labels, "tallyd is ready");
+
+        let mut background = Vec::new();
+        // Expiry, off the hot path.
+        let store = s.store.clone();
+        let every = self.sweep_interval;
+        background.push(tokio::spawn(async move {
+            let mut iv = tokio::time::interval(every);
+            loop {
+                iv.tick().await;
+                let st = store.clone();
+                let _ = tokio::task::spawn_blocking(move || st.sweep()).await;
+            }
+        }));
+        if let Some(t) = hangups {
+            background.push(tokio::spawn(t));
+        }
+        if let Some(f) = self.shutdown {
+            background.push(tokio::spawn(control::stop_on(f, s.stop_tx.clone())));
+        }
+        if let Some(t) = control::watchdog(&s) {
+            background.push(t);
+        }
+        let control_task = tokio::spawn(control::control_loop(
+            self.control_rx,
+            s.clone(),
+            self.passed,
+        ));
+        Ok(Daemon {
+            http_addr: self.http_addr,
+            shared: s,
+            control_task,
+            http_task: self.http_task,
+            background,
+            _watcher: watcher,
+        })
+    }
+}
