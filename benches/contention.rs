@@ -1,4 +1,5 @@
-//! The seed article's table on this machine, each row against its naive baseline in the same
+//! The classic concurrency-cost table (mutex vs atomic vs sharded counter, RwLock vs ArcSwap)
+//! on this machine, each row against its naive baseline in the same
 //! run:
 //!
 //! - `increments/<t>threads`: one counter incremented from `t` threads through a
@@ -7,7 +8,7 @@
 //!   cache lookup of the raw key plus a single-writer add; no parsing). The first two
 //!   increment a variable the caller already holds; tallyd finds the series by name on every
 //!   call, so the fair baseline for it is `mutex_hashmap_by_name` (a `Mutex<HashMap<String,
-//!   f64>>` looked up by name, the Go article's "mutex + map"), also measured.
+//!   f64>>` looked up by name, the usual "mutex + map"), also measured.
 //! - `config_reads/<t>threads`: reading the live config while another thread publishes a new
 //!   one every 10 ms, through `RwLock<Arc<Snapshot>>` (read lock + clone, or read lock +
 //!   pointer compare) against tallyd's `Live` (`arc_swap`: `load`, or the per-batch

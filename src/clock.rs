@@ -42,3 +42,48 @@ impl Clock for ManualClock {
         Duration::from_nanos(self.0.load(std::sync::atomic::Ordering::SeqCst))
     }
 }
+
+/// Lets something through at most once per interval of a clock's time: what keeps a repeated
+/// warning (a series limit reached, a failing receive) to one log line per interval.
+#[derive(Debug, Clone, Copy)]
+pub struct Throttle {
+    every: Duration,
+    last: Option<Duration>,
+}
+
+impl Throttle {
+    /// At most once per `every`; the first call always passes.
+    pub const fn new(every: Duration) -> Self {
+        Self { every, last: None }
+    }
+
+    /// True (and the interval restarts) if the last pass was `every` or longer before `now`,
+    /// a reading of the clock the throttle is used with.
+    pub fn pass(&mut self, now: Duration) -> bool {
+        if self
+            .last
+            .is_some_and(|t| now.saturating_sub(t) < self.every)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_passes_once_per_interval_of_the_clock() {
+        let clock = ManualClock::default();
+        let mut t = Throttle::new(Duration::from_secs(10));
+        assert!(t.pass(clock.now()));
+        clock.advance(Duration::from_secs(9));
+        assert!(!t.pass(clock.now()));
+        clock.advance(Duration::from_secs(1));
+        assert!(t.pass(clock.now()));
+        assert!(!t.pass(clock.now()));
+    }
+}

@@ -1,7 +1,7 @@
 //! Readiness: `/-/ready` answers 200 (and systemd hears `READY=1`) only after the config is
 //! published and every listener is bound.
 //!
-//! The seed article's first trap is a plain `ready` flag with no happens-before edge, so a
+//! The classic trap is a plain `ready` flag with no happens-before edge, so a
 //! reader could see `ready == true` and still miss the data it guards. Here the daemon
 //! publishes the config and the listener list first and then stores the flag with Release;
 //! a reader loads it with Acquire, so seeing `true` guarantees seeing everything published

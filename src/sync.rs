@@ -64,7 +64,7 @@ pub(crate) fn load_own(w: &AtomicU64) -> u64 {
     }
 }
 
-/// A box published once, read lock-free: the seed article's double-checked initialisation,
+/// A box published once, read lock-free: double-checked initialisation,
 /// done with an Acquire load and an AcqRel compare-exchange so a reader that sees the pointer
 /// also sees the fully initialised contents.
 ///

@@ -3,8 +3,8 @@
 //! Every check that can be tied to a key happens while deserialising (durations, sizes,
 //! addresses, buckets, globs, regexes, capture references), so every error carries the line
 //! and column of the offending value and the name of its key. An empty file is valid and equal
-//! to the embedded defaults (`tallyd` with no `--config`). The contract is
-//! `shared/spec/config.md`; `config/tallyd.toml` documents every key.
+//! to the embedded defaults (`tallyd` with no `--config`). `docs/config.md`
+//! describes every key; `config/tallyd.toml` is the documented example.
 //!
 //! Reloading lives in [`live`]: a new file is parsed and validated off the hot path and
 //! published whole through the [`crate::sync::Cell`] (arc-swap), so a bad file never replaces a

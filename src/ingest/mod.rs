@@ -23,6 +23,7 @@ use prometheus::IntCounter;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::AsyncReadExt;
 
+use crate::clock::Throttle;
 use crate::config::{Tcp, Udp, Unixgram};
 use crate::parse::ParseError;
 use crate::pipeline::Writer;
@@ -371,6 +372,8 @@ type Heartbeat = (Arc<AtomicU64>, AtomicU64);
 struct DatagramWorker {
     socket: Arc<Socket>,
     writer: Writer,
+    /// The store, for its clock (the error log throttle).
+    store: Arc<Store>,
     counters: Counters,
     telemetry: Arc<Telemetry>,
     stop: Arc<AtomicBool>,
@@ -395,6 +398,7 @@ impl DatagramWorker {
         let worker = DatagramWorker {
             socket,
             writer: sinks.writer(),
+            store: sinks.store.clone(),
             counters: Counters::new(t, label),
             telemetry: t.clone(),
             stop: stop.clone(),
@@ -410,7 +414,7 @@ impl DatagramWorker {
     fn run(mut self) {
         let fd = self.socket.as_raw_fd();
         let (mut datagrams, mut bytes, mut truncated) = (0u64, 0u64, 0u64);
-        let mut last_error: Option<std::time::Instant> = None;
+        let mut error_log = Throttle::new(Duration::from_secs(10));
         let capacity = self.bufs.capacity();
         let buffer = self.socket.recv_buffer_size().map_or(0, |b| b as u64);
         let mut woke = std::time::Instant::now();
@@ -456,9 +460,8 @@ impl DatagramWorker {
                     if stopping {
                         break;
                     }
-                    if last_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    if error_log.pass(self.store.now()) {
                         tracing::error!(error = %e, "recvmmsg failed (logged at most every 10s)");
-                        last_error = Some(std::time::Instant::now());
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }

@@ -106,7 +106,7 @@ use std::time::Duration;
 use arena::Shard;
 use catalog::{Catalog, FamilyClaim, Placement, SeriesMeta, State};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Throttle};
 use crate::naming::{self, FamilyKind};
 // Immutable shared data (names, bounds, the store handle) uses std's `Arc`; what the loom
 // models must track (shards, the config snapshot) goes through the `crate::sync` facade.
@@ -232,7 +232,8 @@ struct Registry {
     /// Live + retiring series (the ones counted against limits).
     count: usize,
     retiring: Vec<Mark>,
-    last_limit_log: Option<std::time::Instant>,
+    /// The "series limit reached" warning, at most once per 10 s of the store's clock.
+    limit_log: Throttle,
 }
 
 /// The store: registry, shards, epoch and clock.
@@ -259,7 +260,7 @@ impl Store {
                 next_word: 0,
                 count: 0,
                 retiring: Vec::new(),
-                last_limit_log: None,
+                limit_log: Throttle::new(LIMIT_LOG_EVERY),
             }),
             shards: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(0),
@@ -337,7 +338,12 @@ impl Store {
                 if n.limits.max_series_per_metric > 0
                     && f.len() >= n.limits.max_series_per_metric =>
             {
-                log_limit(&mut reg.last_limit_log, n.family, "max_series_per_metric");
+                log_limit(
+                    &mut reg.limit_log,
+                    self.clock.now(),
+                    n.family,
+                    "max_series_per_metric",
+                );
                 return Err(Refusal::MaxSeriesPerMetric);
             }
             Some(_) => {}
@@ -354,7 +360,7 @@ impl Store {
             }
         }
         if reg.count >= n.limits.max_series || !reg.cat.has_room(key.len()) {
-            log_limit(&mut reg.last_limit_log, n.family, "max_series");
+            log_limit(&mut reg.limit_log, self.clock.now(), n.family, "max_series");
             return Err(Refusal::MaxSeries);
         }
         let len = n.layout.words();
@@ -512,10 +518,11 @@ impl Store {
     }
 }
 
-fn log_limit(last: &mut Option<std::time::Instant>, family: &str, limit: &str) {
-    let now = std::time::Instant::now();
-    if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
-        *last = Some(now);
+/// How often the series-limit warning may be logged.
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+fn log_limit(throttle: &mut Throttle, now: Duration, family: &str, limit: &str) {
+    if throttle.pass(now) {
         tracing::warn!(
             metric = family,
             limit,
