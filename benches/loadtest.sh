@@ -15,7 +15,7 @@
 # as the sender can), PACKED_BYTES (900: ~64 blast lines per datagram), NAMES (1000 series),
 # TAGS (0), SENDERS (1 sender socket/thread), WORKERS (tallyd UDP workers, 2), RECV_BUFFER
 # (bytes asked by both receivers, 8388608 = tallyd's default), UDP_PORT, HTTP_PORT, MIN_PORT,
-# OUT (results directory, target/loadtest), MAX_SECONDS (900).
+# OUT (results directory, target/loadtest), MAX_SECONDS (900), TALLYD / BLAST / MINRECV.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,11 +51,15 @@ trap 'echo "loadtest: interrupted" >&2; exit 130' INT TERM
     && kill -TERM $$) &
 WATCHDOG_PID=$!
 
-echo "== build" >&2
-cargo build --release --bin tallyd --bin tallyd-blast --example minrecv >&2
+# TALLYD, BLAST, MINRECV: prebuilt binaries to use instead of this tree's (e.g. to compare
+# two builds of tallyd in one sitting); without them, this tree's are built.
+if [ -z "${TALLYD:-}" ] || [ -z "${BLAST:-}" ] || [ -z "${MINRECV:-}" ]; then
+    echo "== build" >&2
+    cargo build --release --bin tallyd --bin tallyd-blast --example minrecv >&2
+fi
 TALLYD=${TALLYD:-target/release/tallyd}
-BLAST=target/release/tallyd-blast
-MINRECV=target/release/examples/minrecv
+BLAST=${BLAST:-target/release/tallyd-blast}
+MINRECV=${MINRECV:-target/release/examples/minrecv}
 
 CLK_TCK=$(getconf CLK_TCK)
 # utime + stime of a process, in seconds.

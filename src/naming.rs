@@ -53,8 +53,8 @@ pub fn collides(
 
 /// True if a family `name` of `kind` would write a sample under a reserved name: one of
 /// tallyd's own metrics (`reserved`, and anything starting with [`RESERVED_PREFIX`]).
-pub fn is_reserved(name: &str, kind: FamilyKind, reserved: &[String]) -> bool {
-    let hit = |n: &str| n.starts_with(RESERVED_PREFIX) || reserved.iter().any(|r| r == n);
+pub fn is_reserved(name: &str, kind: FamilyKind, reserved: &[impl AsRef<str>]) -> bool {
+    let hit = |n: &str| n.starts_with(RESERVED_PREFIX) || reserved.iter().any(|r| r.as_ref() == n);
     hit(name) || kind.suffixes().iter().any(|s| hit(&format!("{name}{s}")))
 }
 
@@ -134,25 +134,32 @@ pub fn escape_into(out: &mut String, v: &str) {
     }
 }
 
+/// Whether label `name` (sanitised) is reserved on a family of `kind` ([`render_labels`]).
+pub fn is_reserved_label(name: &str, kind: FamilyKind) -> bool {
+    name.starts_with("__")
+        || (name == "le" && kind == FamilyKind::Histogram)
+        || (name == "quantile" && kind == FamilyKind::Summary)
+}
+
 /// Sanitises, filters and sorts `tags` into the rendered label set `k="v",k2="v2"` (no braces).
 /// Later duplicates win.
 ///
-/// `le` and `quantile` are dropped (and counted as reserved) on every type, not only on
-/// observers: on a histogram or summary they would clash with the labels the exposition adds,
-/// and on any other type `promtool check metrics` rejects them ("non-histogram metrics should
-/// not have "le" label"). `_observer` is kept for callers; the rule no longer depends on it.
+/// A label is reserved, dropped and counted, where the exposition of the family's `kind` uses
+/// its name: `le` on a histogram (its buckets), `quantile` on a summary, and `__*` names on
+/// every kind (Prometheus keeps those for itself). Elsewhere `le` and `quantile` are labels like
+/// any other, so `c:1|c|#le:1` and `c:1|c|#le:2` stay two series.
 ///
 /// Duplicates are removed by a stable sort, so a line with 10,000 tags costs O(n log n), not
 /// O(n^2) (a hostile datagram must not wedge a worker on its cache-miss path).
 pub fn render_labels(
     tags: Vec<(String, String)>,
-    _observer: bool,
+    kind: FamilyKind,
     errors: &mut TagErrors,
 ) -> String {
     let mut labels: Vec<(String, String)> = Vec::with_capacity(tags.len());
     for (k, v) in tags {
         let k = label_name(&k);
-        if k.starts_with("__") || k == "le" || k == "quantile" {
+        if is_reserved_label(&k, kind) {
             errors.add(TagError::ReservedLabel);
             continue;
         }
@@ -199,12 +206,23 @@ mod tests {
                 ("b".into(), "2".into()),
                 ("__name__".into(), "x".into()),
             ],
-            false,
+            FamilyKind::Counter,
             &mut e,
         );
         assert_eq!(l, r#"a="q\"\\\n",b="2""#);
         assert_eq!(e.0[TagError::ReservedLabel as usize], 1);
-        let l = render_labels(vec![("le".into(), "5".into())], true, &mut e);
-        assert_eq!(l, "");
+        let le = || vec![("le".to_string(), "5".to_string())];
+        assert_eq!(render_labels(le(), FamilyKind::Histogram, &mut e), "");
+        assert_eq!(
+            render_labels(le(), FamilyKind::Counter, &mut e),
+            r#"le="5""#
+        );
+        let q = || vec![("quantile".to_string(), "0.5".to_string())];
+        assert_eq!(render_labels(q(), FamilyKind::Summary, &mut e), "");
+        assert_eq!(
+            render_labels(q(), FamilyKind::Histogram, &mut e),
+            r#"quantile="0.5""#
+        );
+        assert_eq!(e.0[TagError::ReservedLabel as usize], 3);
     }
 }

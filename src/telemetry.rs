@@ -51,6 +51,8 @@ pub struct Telemetry {
     pub service_checks: IntCounter,
     /// `tallyd_unknown_fields_total`.
     pub unknown_fields: IntCounter,
+    /// `tallyd_sample_rates_ignored_total`.
+    pub ignored_rates: IntCounter,
     /// `tallyd_series`.
     pub series: IntGauge,
     /// `tallyd_series_expired_total` (mirrored from the store at scrape time).
@@ -247,6 +249,11 @@ impl Telemetry {
                 "tallyd_unknown_fields_total",
                 "Line fields tallyd does not know (ignored).",
             ),
+            ignored_rates: counter(
+                &r,
+                "tallyd_sample_rates_ignored_total",
+                "Sample rates that were a number outside (0, 1]: the line's values count at rate 1.",
+            ),
             series: gauge(&r, "tallyd_series", "Live series in the store."),
             expired: counter(
                 &r,
@@ -319,6 +326,7 @@ impl Telemetry {
             (&self.events, &mut s.events),
             (&self.service_checks, &mut s.service_checks),
             (&self.unknown_fields, &mut s.unknown_fields),
+            (&self.ignored_rates, &mut s.ignored_rates),
         ] {
             if *v > 0 {
                 c.inc_by(*v);

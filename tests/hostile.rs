@@ -1,16 +1,16 @@
 //! The hostile corpus (`tests/fixtures/hostile/`, described by its `manifest.txt`): datagrams
 //! that crashed or wedged other StatsD daemons and everything else nasty. Each fixture goes
 //! through a real socket into a fresh in-process daemon; the daemon must stay healthy, `/metrics`
-//! must answer 200 with an exposition that the strict reader in `tests/exposition` and (when on
-//! PATH) `promtool check metrics` accept, and the counters the manifest names must move by
-//! exactly the amount it says.
+//! must answer 200 with an exposition that the strict reader in `tests/exposition` and
+//! `promtool check metrics` accept (without promtool: SKIPPED on stderr, a failure under
+//! CI=true), and the counters the manifest names must move by exactly the amount it says.
 //!
 //! Regenerate the corpus with `python3 tests/fixtures/hostile/generate.py`.
 
 mod common;
 mod exposition;
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -121,10 +121,23 @@ fn config(small: bool, workers: usize) -> String {
     )
 }
 
+/// Writes `payload` on a new connection, closes the sending side, and waits for the server to
+/// close its side: it does so after it has read to EOF and flushed that stream's counters, so
+/// once this returns the stream has been handled and counted.
 fn send_tcp_stream(to: SocketAddr, payload: &[u8]) {
     let mut s = TcpStream::connect(to).expect("connect tcp");
     s.write_all(payload).expect("write tcp");
     s.shutdown(std::net::Shutdown::Write).ok();
+    s.set_read_timeout(Some(DEADLINE)).ok();
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => assert!(
+            rest.is_empty(),
+            "the StatsD TCP listener answered: {rest:?}"
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the server never closed the stream (hang guard {DEADLINE:?}): {e}"),
+    }
 }
 
 async fn get(addr: SocketAddr, path: &'static str) -> (u16, String) {
@@ -162,7 +175,7 @@ async fn checked_scrape(
     (text, fams)
 }
 
-/// How much the UDP sentinel line (`hostile_sentinel:1|c`, one datagram) adds to `sel`.
+/// How much one UDP sentinel line (`hostile_sentinel:1|c`, one datagram) adds to `sel`.
 fn sentinel_share(sel: &str) -> f64 {
     match sel {
         "tallyd_lines_received_total"
@@ -200,20 +213,28 @@ async fn run_fixture(f: &Fixture) {
         .map(|(s, e)| measure(&before, s, *e))
         .collect();
     let udp = f.via != "tcp";
+    // How many sentinels were sent (each adds its `sentinel_share`).
+    let mut sentinels = 0.0;
     if udp {
         t.send(&payload);
-        // Same socket, one worker: once the sentinel is counted, the fixture was handled.
-        t.send(b"hostile_sentinel:1|c");
-        wait_for(t.http, &[("hostile_sentinel_total", 1.0)]).await;
+        // One listening socket, one worker: once the first sentinel is counted, the fixture
+        // was handled. The second is sent only then, so it arrives in a later receive batch:
+        // once it is counted, the batch that held the fixture has had its counters flushed
+        // too, and a "+0" expectation can no longer hold only because nothing was flushed yet.
+        for n in 1..=2 {
+            t.send(b"hostile_sentinel:1|c");
+            wait_for(t.http, &[("hostile_sentinel_total", f64::from(n))]).await;
+            sentinels += 1.0;
+        }
     } else {
+        // Returns once the server closed the stream, after flushing its counters.
         let tcp = t.d().tcp_addrs()[0];
         tokio::task::spawn_blocking(move || send_tcp_stream(tcp, &payload))
             .await
             .unwrap();
     }
-    // Counters are flushed right after the batch that holds the sentinel; each counter moves
-    // in one step, so "exactly N more" cannot be met half-way.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Each counter moves in one step, so "exactly N more" cannot be met half-way; the poll
+    // below only waits for the sentinels' own counters to be flushed.
     let start = Instant::now();
     loop {
         let (text, fams) = checked_scrape(t.http, &ctx, None).await;
@@ -222,7 +243,7 @@ async fn run_fixture(f: &Fixture) {
             .iter()
             .zip(&before)
             .map(|((sel, e), b)| {
-                let extra = if udp { sentinel_share(sel) } else { 0.0 };
+                let extra = sentinels * sentinel_share(sel);
                 let got = measure(&fams, sel, *e);
                 (sel, *e, *b, got, holds(got, *b, *e, extra))
             })
@@ -293,10 +314,12 @@ async fn every_fixture_is_survived_valid_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_corpus_into_one_daemon_twice() {
     let fixtures = manifest();
-    let allow = fixtures
+    let mut allow = fixtures
         .iter()
         .filter_map(|f| f.lint.clone())
         .collect::<Vec<_>>();
+    allow.sort();
+    allow.dedup();
     assert!(allow.len() <= 1, "one lint allowance is supported here");
     let allow = allow.first().map(String::as_str);
     let t = TestDaemon::start(&config(false, 2)).await;
@@ -325,9 +348,10 @@ async fn the_whole_corpus_into_one_daemon_twice() {
     t.stop().await;
 }
 
-/// The cache-miss path must stay cheap for the largest tag sets a datagram can carry: 20
-/// datagrams of 10,000 tags each, every one a new series (the last tag differs), are resolved
-/// well within the deadline, and the daemon answers throughout.
+/// The cache-miss path copes with the largest tag sets a datagram can carry: 20 datagrams of
+/// 10,000 tags each, every one a new series (the last tag differs), all become series (the wait
+/// has only the common DEADLINE as a hang guard: how fast is for a bench to measure), and
+/// the worker and the endpoint keep serving afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_tags_per_line_do_not_wedge_a_worker() {
     let t = TestDaemon::start(&config(false, 1)).await;
@@ -337,7 +361,6 @@ async fn ten_thousand_tags_per_line_do_not_wedge_a_worker() {
         .map(|i| format!("{}{}{}:v", letters(i / 676), letters(i / 26), letters(i)))
         .collect();
     let base = keys.join(",");
-    let started = Instant::now();
     for n in 0..20 {
         let line = format!("wide:1|c|#{base},zz:{n}");
         assert!(line.len() < 65507);
@@ -350,12 +373,10 @@ async fn ten_thousand_tags_per_line_do_not_wedge_a_worker() {
             == 20
     })
     .await;
-    let took = started.elapsed();
-    assert!(
-        took < Duration::from_secs(8),
-        "20 lines of 10,000 tags took {took:?}"
-    );
     drop(text);
+    // The same worker still takes new lines.
+    t.send(b"after_wide:1|c");
+    wait_for(t.http, &[("after_wide_total", 1.0)]).await;
     let (status, text) = get(t.http, "/metrics").await;
     assert_eq!(status, 200);
     exposition::parse(&text).expect("valid exposition");

@@ -1,6 +1,7 @@
 //! The daemon's life: readiness before and after the listeners are bound (through the library's
 //! two-step start), SIGTERM on the built binary, `check-config`, `--version`, `--help`, and the
-//! binary on its embedded defaults (only when 127.0.0.1:8125 and :9102 are free).
+//! binary on its embedded defaults (needs 127.0.0.1:8125 and :9102 free: elsewhere it is
+//! reported as SKIPPED, under CI=true it fails).
 #![allow(unsafe_code)] // signals sent with libc::kill; each block says why it holds
 
 mod common;
@@ -30,8 +31,7 @@ async fn ready_only_once_listeners_are_bound() {
     assert_eq!(get(addr, "/-/ready").await, 503, "not ready before bind");
     assert_eq!(get(addr, "/-/healthy").await, 200, "healthy while starting");
     assert_eq!(get(addr, "/metrics").await, 200, "scrapable while starting");
-    // Still not ready a moment later: nothing but bind_listeners makes it ready.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Still not ready after serving those requests: nothing but bind_listeners makes it ready.
     assert_eq!(get(addr, "/-/ready").await, 503);
 
     let d = starting.bind_listeners().await.expect("listeners bind");
@@ -96,7 +96,7 @@ async fn udp_port_zero_never_joins_someone_elses_reuseport_group() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_exits_zero_within_five_seconds() {
+async fn sigterm_exits_zero() {
     let mut d = tokio::task::spawn_blocking(|| Spawned::start(""))
         .await
         .unwrap();
@@ -109,7 +109,7 @@ async fn sigterm_exits_zero_within_five_seconds() {
     wait_for(d.http, &[("term_total", 100.0), ("term_g", 99.0)]).await;
     d.signal(libc::SIGTERM);
     let (status, log) = tokio::task::spawn_blocking(move || {
-        let st = d.wait_exit(Duration::from_secs(5));
+        let st = d.wait_exit();
         (st, d.log())
     })
     .await
@@ -122,7 +122,7 @@ async fn sigterm_exits_zero_within_five_seconds() {
 fn sigint_exits_zero_too() {
     let mut d = Spawned::start("");
     d.signal(libc::SIGINT);
-    let status = d.wait_exit(Duration::from_secs(5));
+    let status = d.wait_exit();
     assert_eq!(status.code(), Some(0), "log:\n{}", d.log());
 }
 
@@ -159,17 +159,15 @@ fn check_config_accepts_good_files() {
         assert_eq!(code, Some(0), "{text}\nstderr: {stderr}");
         assert!(stdout.contains(": ok"), "{stdout}");
     }
-    // The documented example in the repository.
+    // The documented example in the repository (packaged as /etc/tallyd/tallyd.toml).
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tallyd.toml");
-    if std::path::Path::new(example).exists() {
-        let out = tallyd(&["check-config", example]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = tallyd(&["check-config", example]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -238,7 +236,7 @@ fn version_and_help() {
 }
 
 /// With no --config the binary listens on 127.0.0.1:8125 (UDP) and 127.0.0.1:9102 (HTTP).
-/// Only run when both are free on this machine; otherwise say why and pass.
+/// Needs both free: when they are not, the test reports SKIPPED (and fails under CI=true).
 #[test]
 fn no_config_runs_on_the_default_ports() {
     let (udp, http): (SocketAddr, SocketAddr) = (
@@ -247,7 +245,10 @@ fn no_config_runs_on_the_default_ports() {
     );
     let free = UdpSocket::bind(udp).is_ok() && TcpListener::bind(http).is_ok();
     if !free {
-        eprintln!("skipped: 127.0.0.1:8125/udp or 127.0.0.1:9102/tcp is in use on this machine");
+        skip_or_fail(
+            "no_config_runs_on_the_default_ports because 127.0.0.1:8125/udp or \
+             127.0.0.1:9102/tcp is in use on this machine",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -280,9 +281,12 @@ fn no_config_runs_on_the_default_ports() {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
-        if start.elapsed() > Duration::from_secs(5) {
+        if start.elapsed() > DEADLINE {
             let _ = child.kill();
-            panic!("no exit within 5 s; log:\n{}", log());
+            panic!(
+                "no exit after SIGTERM (hang guard {DEADLINE:?}); log:\n{}",
+                log()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     };

@@ -1,4 +1,4 @@
-//! `[[mapping]]` rules, expiry and limits, end to end (issue 3): glob captures in names and
+//! `[[mapping]]` rules, expiry and limits, end to end: glob captures in names and
 //! labels, file order across globs and regexes, type filters, `action = "drop"`, per-rule and
 //! default ttl with an injected clock, the type claim released on expiry, `[limits]`, and the
 //! shadowed-rule warning of `check-config`.

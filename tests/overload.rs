@@ -1,21 +1,26 @@
 //! Overload and the cardinality attack, against a real in-process daemon on loopback.
 //!
-//! - A receive buffer of 64 KiB and one worker, flooded by two sender threads for about 2 s:
-//!   the daemon stays up, every scrape during the flood answers within 1 s, and afterwards the
-//!   accounting identity is exact: lines sent = `tallyd_lines_received_total` + datagrams the
-//!   kernel dropped (`tallyd_udp_kernel_drops_total`) x lines per datagram (one here).
+//! - A receive buffer of 64 KiB and one worker, flooded by two sender threads until the kernel
+//!   has dropped datagrams and at least five scrapes were served during the flood: the daemon
+//!   stays up, every scrape during the flood answers 200 with a valid exposition, and
+//!   afterwards the accounting identity is exact: lines sent = `tallyd_lines_received_total` +
+//!   datagrams the kernel dropped (`tallyd_udp_kernel_drops_total`) x lines per datagram (one
+//!   here).
 //! - `[limits] max_series = 1000` against a sender that invents a new tag value per line while
 //!   a well-behaved sender keeps incrementing 10 fixed series: the well-behaved totals are
 //!   exact, `tallyd_series` never passes 1000, and every refused line is counted.
 //! - Slow HTTP clients holding every connection slot are closed after `header_read_timeout`,
 //!   and a scrape queued behind them gets through.
+//!
+//! Nothing here is timed: how fast a scrape answers under load is for a bench to measure; a
+//! wait on a condition has the common `DEADLINE` as a hang guard.
 
 mod common;
 mod exposition;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -27,16 +32,15 @@ fn config(workers: usize, recv_buffer: &str, extra: &str) -> String {
     )
 }
 
-/// Scrapes through the strict reader; returns the text, the families and the latency.
-async fn timed_scrape(addr: SocketAddr) -> (String, Vec<exposition::Family>, Duration) {
+/// Scrapes through the strict reader; returns the text and the families. ([`DEADLINE`] is
+/// the read timeout: a hang guard.)
+async fn strict_scrape(addr: SocketAddr) -> (String, Vec<exposition::Family>) {
     tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        let (status, text) = exposition::fetch(addr, "/metrics", Duration::from_secs(10))
+        let (status, text) = exposition::fetch(addr, "/metrics", DEADLINE)
             .unwrap_or_else(|e| panic!("scrape failed: {e}"));
-        let took = started.elapsed();
         assert_eq!(status, 200, "scrape status");
         let fams = exposition::parse(&text).unwrap_or_else(|e| panic!("invalid exposition: {e}"));
-        (text, fams, took)
+        (text, fams)
     })
     .await
     .unwrap()
@@ -67,22 +71,44 @@ fn flood(to: SocketAddr, line: String, stop: Arc<AtomicBool>) -> (u64, u64) {
     (sent, refused)
 }
 
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_into_a_tiny_buffer_drops_only_at_the_kernel_and_counts_it() {
     let t = TestDaemon::start(&config(1, "64KiB", "")).await;
     let target = t.udp[0];
     let stop = Arc::new(AtomicBool::new(false));
+    // Stops the senders however the test ends (a failed scrape must not leave them flooding).
+    let _stop_on_drop = StopOnDrop(stop.clone());
     let senders: Vec<_> = (0..2)
         .map(|i| {
             let stop = stop.clone();
             std::thread::spawn(move || flood(target, format!("flood.s{i}:1|c"), stop))
         })
         .collect();
+    // Flood until the kernel has dropped datagrams (read by the scrape) and at least five
+    // scrapes were served meanwhile, each a 200 with a valid exposition.
     let started = Instant::now();
-    let mut latencies = Vec::new();
-    while started.elapsed() < Duration::from_secs(2) {
-        let (_, _, took) = timed_scrape(t.http).await;
-        latencies.push(took);
+    let mut scrapes = 0;
+    loop {
+        let (_, fams) = strict_scrape(t.http).await;
+        scrapes += 1;
+        if scrapes >= 5 && total(&fams, "tallyd_udp_kernel_drops_total") > 0.0 {
+            break;
+        }
+        if started.elapsed() > DEADLINE {
+            panic!(
+                "a 64 KiB buffer under a 2-thread flood never overflowed (hang guard \
+                 {DEADLINE:?}, {scrapes} scrapes)"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -92,27 +118,23 @@ async fn flood_into_a_tiny_buffer_drops_only_at_the_kernel_and_counts_it() {
         sent += a;
         send_errors += b;
     }
-    let worst = latencies.iter().max().copied().unwrap_or_default();
     eprintln!(
         "flood: {sent} datagrams sent ({send_errors} refused by the sender's kernel), \
-         {} scrapes during the flood, worst {worst:?}",
-        latencies.len()
-    );
-    assert!(latencies.len() >= 5, "too few scrapes during the flood");
-    assert!(
-        worst < Duration::from_secs(1),
-        "a scrape during the flood took {worst:?}: {latencies:?}"
+         {scrapes} scrapes during the flood"
     );
 
-    // The socket drains within milliseconds; then the identity must close exactly.
+    // Once the socket is drained the identity must close exactly.
     let deadline = Instant::now() + DEADLINE;
     let (received, dropped, flood_total, fams) = loop {
-        let (_, fams, _) = timed_scrape(t.http).await;
+        let (_, fams) = strict_scrape(t.http).await;
         let received = total(&fams, "tallyd_lines_received_total");
         let dropped = total(&fams, "tallyd_udp_kernel_drops_total");
         let flood_total = exposition::sum(&fams, "flood_s0_total", &[]).unwrap_or(0.0)
             + exposition::sum(&fams, "flood_s1_total", &[]).unwrap_or(0.0);
-        if received + dropped == sent as f64 || Instant::now() > deadline {
+        // One scrape reads the series before tallyd's own counters, so a batch aggregated in
+        // between shows in `received` and not yet in the series: wait for both to agree.
+        let settled = received + dropped == sent as f64 && flood_total == received;
+        if settled || Instant::now() > deadline {
             break (received, dropped, flood_total, fams);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -140,18 +162,60 @@ async fn flood_into_a_tiny_buffer_drops_only_at_the_kernel_and_counts_it() {
     t.stop().await;
 }
 
-/// Sends `lines` packed `per` to a datagram, pausing briefly every few datagrams so the
-/// daemon (a debug build on a shared machine) keeps up and nothing is lost to the kernel.
-fn send_lines(to: SocketAddr, lines: Vec<String>, per: usize) -> u64 {
+/// Paces every sender to one listener on the daemon's own datagram counter: at most
+/// [`Window::SIZE`] datagrams sent and not yet read, so the daemon (a debug build on a shared
+/// machine) keeps up and nothing is lost to the kernel, however slow the machine is, instead
+/// of hoping a pause is long enough.
+#[derive(Clone)]
+struct Window {
+    sent: Arc<AtomicU64>,
+    /// `tallyd_datagrams_received_total` of the listener, read in-process (cheap); the scrape
+    /// stays the oracle.
+    received: prometheus::IntCounter,
+}
+
+impl Window {
+    /// 200 datagrams of at most 50 short lines: well under a quarter of an 8 MiB buffer.
+    const SIZE: u64 = 200;
+
+    fn new(t: &TestDaemon) -> Self {
+        let received = t
+            .d()
+            .telemetry()
+            .datagrams
+            .with_label_values(&["udp://127.0.0.1:0"]);
+        Self {
+            sent: Arc::new(AtomicU64::new(0)),
+            received,
+        }
+    }
+
+    /// Waits until one more datagram fits in the window, then counts it as sent. Fails when
+    /// the daemon reads nothing for [`DEADLINE`] (a hang guard).
+    fn admit(&self) {
+        let mut seen = self.received.get();
+        let mut since = Instant::now();
+        while self.sent.load(Ordering::SeqCst) >= self.received.get() + Self::SIZE {
+            let now = self.received.get();
+            if now != seen {
+                (seen, since) = (now, Instant::now());
+            }
+            assert!(since.elapsed() < DEADLINE, "the daemon stopped reading");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        self.sent.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Sends `lines` packed `per` to a datagram, paced by `window`; returns the lines sent.
+fn send_lines(to: SocketAddr, lines: Vec<String>, per: usize, window: &Window) -> u64 {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
     s.connect(to).expect("connect");
     let mut sent = 0;
-    for (i, chunk) in lines.chunks(per).enumerate() {
+    for chunk in lines.chunks(per) {
+        window.admit();
         s.send(chunk.join("\n").as_bytes()).expect("send");
         sent += chunk.len() as u64;
-        if i % 20 == 19 {
-            std::thread::sleep(Duration::from_millis(2));
-        }
     }
     sent
 }
@@ -160,28 +224,35 @@ fn send_lines(to: SocketAddr, lines: Vec<String>, per: usize) -> u64 {
 async fn cardinality_attack_is_stopped_and_well_behaved_totals_stay_exact() {
     let t = TestDaemon::start(&config(2, "8MiB", "[limits]\nmax_series = 1000\n")).await;
     let target = t.udp[0];
+    let window = Window::new(&t);
     // The well-behaved sender's series exist before the attack.
     let first: Vec<String> = (0..10).map(|i| format!("good.s{i}:1|c")).collect();
-    send_lines(target, first, 10);
+    send_lines(target, first, 10, &window);
     let want: Vec<(String, f64)> = (0..10).map(|i| (format!("good_s{i}_total"), 1.0)).collect();
     let want_ref: Vec<(&str, f64)> = want.iter().map(|(s, v)| (s.as_str(), *v)).collect();
     wait_for(t.http, &want_ref).await;
 
     const ATTACK: u64 = 50_000;
     const ROUNDS: u64 = 500;
-    let attacker = std::thread::spawn(move || {
-        let lines = (0..ATTACK).map(|n| format!("attack:1|c|#id:{n}")).collect();
-        send_lines(target, lines, 50)
+    let attacker = std::thread::spawn({
+        let window = window.clone();
+        move || {
+            let lines = (0..ATTACK).map(|n| format!("attack:1|c|#id:{n}")).collect();
+            send_lines(target, lines, 50, &window)
+        }
     });
-    let good = std::thread::spawn(move || {
-        let lines = (0..ROUNDS)
-            .flat_map(|_| (0..10).map(|i| format!("good.s{i}:1|c")))
-            .collect();
-        send_lines(target, lines, 10)
+    let good = std::thread::spawn({
+        let window = window.clone();
+        move || {
+            let lines = (0..ROUNDS)
+                .flat_map(|_| (0..10).map(|i| format!("good.s{i}:1|c")))
+                .collect();
+            send_lines(target, lines, 10, &window)
+        }
     });
     let mut max_series = 0.0f64;
     while !(attacker.is_finished() && good.is_finished()) {
-        let (_, fams, _) = timed_scrape(t.http).await;
+        let (_, fams) = strict_scrape(t.http).await;
         max_series = max_series.max(total(&fams, "tallyd_series"));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -191,7 +262,7 @@ async fn cardinality_attack_is_stopped_and_well_behaved_totals_stay_exact() {
 
     let deadline = Instant::now() + DEADLINE;
     let (text, fams) = loop {
-        let (text, fams, _) = timed_scrape(t.http).await;
+        let (text, fams) = strict_scrape(t.http).await;
         let received = total(&fams, "tallyd_lines_received_total");
         let dropped = total(&fams, "tallyd_udp_kernel_drops_total");
         if received >= expected_lines || dropped > 0.0 || Instant::now() > deadline {
@@ -248,6 +319,7 @@ async fn cardinality_attack_is_stopped_and_well_behaved_totals_stay_exact() {
             .chain(std::iter::once("newcomer:1|c".to_string()))
             .collect(),
         11,
+        &window,
     );
     let want: Vec<(String, f64)> = (0..10)
         .map(|i| (format!("good_s{i}_total"), 2.0 + ROUNDS as f64))
@@ -265,7 +337,7 @@ async fn cardinality_attack_is_stopped_and_well_behaved_totals_stay_exact() {
 
 /// Slowloris: clients that take every HTTP connection slot and send nothing (or half a
 /// request) are closed after `header_read_timeout`, and a scrape waiting behind them gets
-/// through right after.
+/// through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_http_clients_cannot_hold_the_endpoint() {
     use std::io::{Read, Write};
@@ -275,21 +347,20 @@ async fn slow_http_clients_cannot_hold_the_endpoint() {
     ))
     .await;
     let http = t.http;
-    let (closed, scrape_took) = tokio::task::spawn_blocking(move || {
+    let closed = tokio::task::spawn_blocking(move || {
+        // connect() returns once the handshake is done, with the connection in the listener's
+        // accept queue, which is FIFO: the server accepts these two first, and they take both
+        // slots whenever it gets to them, so the scrape below waits behind them. No pause needed.
         let mut silent = std::net::TcpStream::connect(http).unwrap();
         let mut partial = std::net::TcpStream::connect(http).unwrap();
         partial
             .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
             .unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        // Both slots are taken: this scrape waits in the accept queue.
-        let started = Instant::now();
-        let (status, _) = exposition::fetch(http, "/metrics", Duration::from_secs(10)).unwrap();
+        let (status, _) = exposition::fetch(http, "/metrics", DEADLINE).unwrap();
         assert_eq!(status, 200);
-        let took = started.elapsed();
         let mut closed = 0;
         for s in [&mut silent, &mut partial] {
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.set_read_timeout(Some(DEADLINE)).unwrap();
             let mut buf = [0u8; 256];
             // A 408 or a plain close; either way the server ends the connection.
             loop {
@@ -303,14 +374,10 @@ async fn slow_http_clients_cannot_hold_the_endpoint() {
                 }
             }
         }
-        (closed, took)
+        closed
     })
     .await
     .unwrap();
     assert_eq!(closed, 2, "the slow clients were closed by the server");
-    assert!(
-        scrape_took < Duration::from_secs(3),
-        "a scrape behind two slow clients took {scrape_took:?} (header_read_timeout = 1s)"
-    );
     t.stop().await;
 }

@@ -12,6 +12,7 @@
 //! `PROPTEST_CASES` scales every suite (the defaults below keep the file well under 60 s in a
 //! debug build).
 
+mod common; // for `skip_or_fail`, which `exposition` reports a missing promtool with
 mod exposition;
 
 use std::collections::BTreeMap;

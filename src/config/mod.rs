@@ -62,6 +62,8 @@ pub struct Config {
     pub unixgram: Vec<Unixgram>,
     /// `[parse]`: which protocol dialects are on.
     pub parse: Parse,
+    /// `[dogstatsd]`: the families of DogStatsD events and service checks.
+    pub dogstatsd: Dogstatsd,
     /// `[defaults]`: ttl, buckets and set window for series no mapping overrides.
     pub defaults: Defaults,
     /// `[limits]`: bounds on series.
@@ -80,6 +82,7 @@ impl Default for Config {
             tcp: Vec::new(),
             unixgram: Vec::new(),
             parse: Parse::default(),
+            dogstatsd: Dogstatsd::default(),
             defaults: Defaults::default(),
             limits: Limits::default(),
             mapping: Vec::new(),
@@ -246,6 +249,27 @@ impl Default for Parse {
             librato_tags: true,
             signalfx_tags: true,
             container_id_label: false,
+        }
+    }
+}
+
+/// `[dogstatsd]`: the families tallyd exports DogStatsD events and service checks under.
+/// Both are tallyd's own: a StatsD line whose family would be (or would write a sample under)
+/// one of these names is refused as `reserved_name`, as a `tallyd_*` name is.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dogstatsd {
+    /// The counter of events, labelled `alert_type` and `priority` (must end in `_total`).
+    pub events_family: String,
+    /// The gauge of service check statuses, labelled `check`.
+    pub service_checks_family: String,
+}
+
+impl Default for Dogstatsd {
+    fn default() -> Self {
+        Self {
+            events_family: "statsd_events_total".into(),
+            service_checks_family: "statsd_service_check_status".into(),
         }
     }
 }
@@ -434,6 +458,36 @@ impl Config {
         }
         if self.http.max_connections == 0 {
             return Err(at("max_connections", 0, "must be at least 1".into()));
+        }
+        let dd = &self.dogstatsd;
+        for (key, name) in [
+            ("events_family", &dd.events_family),
+            ("service_checks_family", &dd.service_checks_family),
+        ] {
+            if name.is_empty() || crate::naming::metric_name(name) != *name {
+                return Err(at(
+                    key,
+                    0,
+                    format!("{name:?} is not a Prometheus metric name"),
+                ));
+            }
+            if name.starts_with(crate::naming::RESERVED_PREFIX) {
+                return Err(at(key, 0, "tallyd_* names are tallyd's own metrics".into()));
+            }
+        }
+        if !dd.events_family.ends_with("_total") {
+            return Err(at(
+                "events_family",
+                0,
+                "a counter's name must end in _total".into(),
+            ));
+        }
+        if dd.events_family == dd.service_checks_family {
+            return Err(at(
+                "service_checks_family",
+                0,
+                "must differ from events_family".into(),
+            ));
         }
         if self.defaults.set_window < Duration::from_secs(1) {
             return Err(at("set_window", 0, "must be at least 1s".into()));

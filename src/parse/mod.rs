@@ -18,7 +18,7 @@
 mod lines;
 pub mod tags;
 
-pub use lines::{LineSpan, Separators, lines, split_lines};
+pub use lines::{LineSpan, LineSpans, Separators, lines, split_lines};
 
 use memchr::memchr;
 
@@ -214,6 +214,8 @@ pub struct LineInfo {
     pub unknown_fields: u32,
     /// `|#` fields beyond [`MAX_TAG_FIELDS`] (ignored, counted as tag errors).
     pub dropped_tag_fields: u32,
+    /// `@` fields that were a number outside (0, 1]: ignored, so the rate stays 1.
+    pub ignored_rates: u32,
 }
 
 /// A parsed non-metric DogStatsD line.
@@ -350,7 +352,13 @@ fn parse_body<'a>(
         let b = field.as_bytes();
         match b.first() {
             None => {}
-            Some(b'@') => rate = parse_rate(&field[1..])?,
+            Some(b'@') => match parse_rate(&field[1..])? {
+                Some(r) => rate = r,
+                None => {
+                    rate = 1.0;
+                    info.ignored_rates += 1;
+                }
+            },
             Some(b'#') => {
                 let kept = !opts.dogstatsd_tags || tags.push(&field[1..]);
                 info.dropped_tag_fields += u32::from(!kept);
@@ -442,7 +450,7 @@ pub fn is_single_value(value: &[u8]) -> bool {
 /// number [`parse_value_bytes`] accepts, not negative on a counter; and whether it is a gauge
 /// delta (`+n`/`-n`). The one value rule, used by [`parse_line`] and by the pipeline when it
 /// parses only the value of a line it knows.
-#[inline]
+#[inline(always)]
 pub fn sample_value(raw: &[u8], kind: MetricType) -> Result<(f64, bool), ParseError> {
     let value = parse_value_bytes(raw)?;
     if kind == MetricType::Counter && value < 0.0 {
@@ -501,10 +509,15 @@ fn parse_decimal(b: &[u8]) -> Result<f64, ParseError> {
     }
 }
 
-fn parse_rate(raw: &str) -> Result<f64, ParseError> {
+/// A sample rate: `Some` in (0, 1]; `None` for a number outside it (`@0`, `@2`, `@1e-400`:
+/// the value is sound, so the line counts at rate 1 and the ignored rate is counted, where
+/// statsd_exporter does the same); an error for what is not a number (`@bar`, `@`: the line is
+/// refused, as the DogStatsD agent refuses it).
+fn parse_rate(raw: &str) -> Result<Option<f64>, ParseError> {
     match parse_value(raw) {
-        Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
-        _ => Err(ParseError::InvalidSampleRate),
+        Ok(r) if r > 0.0 && r <= 1.0 => Ok(Some(r)),
+        Ok(_) => Ok(None),
+        Err(_) => Err(ParseError::InvalidSampleRate),
     }
 }
 
@@ -620,10 +633,8 @@ mod tests {
             ("foo:1|C", ParseError::UnknownType),
             ("foo:1|MS", ParseError::UnknownType),
             ("foo:1|", ParseError::UnknownType),
-            ("foo:1|c|@0", ParseError::InvalidSampleRate),
-            ("foo:1|c|@2", ParseError::InvalidSampleRate),
             ("foo:1|c|@x", ParseError::InvalidSampleRate),
-            ("foo:1|c|@-0.5", ParseError::InvalidSampleRate),
+            ("foo:1|c|@", ParseError::InvalidSampleRate),
             ("foo:1:2|s", ParseError::PackedSet),
             ("foo:1:x:3|ms", ParseError::InvalidValue),
         ] {
@@ -633,6 +644,27 @@ mod tests {
             parse_line(b"bad\xc3(:1|c", &ParseOptions::default(), &mut |_| {}).unwrap_err(),
             ParseError::InvalidUtf8
         );
+    }
+
+    #[test]
+    fn a_rate_outside_zero_to_one_is_ignored_and_counted() {
+        for line in [
+            "foo:2|c|@0",
+            "foo:2|c|@2",
+            "foo:2|c|@-0.5",
+            "foo:2|c|@1e-400",
+        ] {
+            let mut got = Vec::new();
+            let parsed = parse_line(line.as_bytes(), &ParseOptions::default(), &mut |s| {
+                got.push((s.value, s.rate))
+            });
+            let Ok(Parsed::Metric(info)) = parsed else {
+                panic!("{line}: {parsed:?}");
+            };
+            assert_eq!((got, info.ignored_rates), (vec![(2.0, 1.0)], 1), "{line}");
+        }
+        // The last rate applies.
+        assert_eq!(samples("foo:1|c|@0.5|@0.25").unwrap()[0].4, 0.25);
     }
 
     #[test]

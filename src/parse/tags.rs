@@ -13,7 +13,8 @@ pub enum TagError {
     EmptyKey,
     /// `k:`.
     EmptyValue,
-    /// `__*`, or `le`/`quantile` on an observer: dropped so the exposition stays valid.
+    /// `__*`, `le` on a histogram, `quantile` on a summary: dropped so the exposition stays
+    /// valid.
     ReservedLabel,
     /// SignalFx brackets out of order, unclosed or nested: the name is used as sent.
     MalformedBrackets,
@@ -66,57 +67,58 @@ impl TagErrors {
 
 /// Splits name-embedded tags off `raw` (SignalFx `[k=v]`, Librato `#k=v`, InfluxDB `,k=v`, each
 /// as switched on in `[parse]`), pushing them onto `tags`. Returns the bare StatsD name.
+///
+/// Brackets come first, by one rule wherever they stand: the first `[` and the first `]` after
+/// it, with no `[` between and no `]` before, enclose the tags, and the name is what surrounds
+/// them (a later bracket is part of the name, as in statsd_exporter); Librato and InfluxDB tags
+/// are then read from that name. Any other use of brackets is malformed: the name is used
+/// exactly as sent, no tag syntax at all is read from it, and the error is counted.
 pub fn split_name_tags(
     raw: &str,
     p: &Parse,
     tags: &mut Vec<(String, String)>,
     errors: &mut TagErrors,
 ) -> String {
-    let mut name = std::borrow::Cow::Borrowed(raw);
-    if p.signalfx_tags && (raw.contains('[') || raw.contains(']')) {
-        match signalfx(raw, tags, errors) {
-            Some(stripped) => name = stripped.into(),
-            None => errors.add(TagError::MalformedBrackets),
+    let stripped;
+    let mut name = raw;
+    if p.signalfx_tags && raw.contains(['[', ']']) {
+        match signalfx(raw) {
+            Some((rest, group)) => {
+                kv_tags(group, '=', tags, errors);
+                stripped = rest;
+                name = &stripped;
+            }
+            None => {
+                errors.add(TagError::MalformedBrackets);
+                return raw.to_string();
+            }
         }
     }
     if p.librato_tags
         && let Some((n, t)) = name.split_once('#')
     {
         kv_tags(t, '=', tags, errors);
-        name = n.to_string().into();
+        name = n;
     }
     if p.influxdb_tags
         && let Some((n, t)) = name.split_once(',')
     {
         kv_tags(t, '=', tags, errors);
-        name = n.to_string().into();
+        name = n;
     }
-    name.into_owned()
+    name.to_string()
 }
 
-/// Removes well-formed `[k=v,...]` groups from `raw`; `None` if the brackets are malformed.
-fn signalfx(raw: &str, tags: &mut Vec<(String, String)>, errors: &mut TagErrors) -> Option<String> {
-    let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    let mut found = Vec::new();
-    while let Some(open) = rest.find(['[', ']']) {
-        if rest.as_bytes()[open] == b']' {
-            return None;
-        }
-        let after = &rest[open + 1..];
-        let close = after.find(['[', ']'])?;
-        if after.as_bytes()[close] == b'[' {
-            return None;
-        }
-        out.push_str(&rest[..open]);
-        found.push(&after[..close]);
-        rest = &after[close + 1..];
+/// The name without its SignalFx tag group, and the group (`k=v,...`), if the brackets are well
+/// formed ([`split_name_tags`]).
+fn signalfx(raw: &str) -> Option<(String, &str)> {
+    let open = raw.find('[')?;
+    let close = raw.find(']')?;
+    if close < open || raw[open + 1..close].contains('[') {
+        return None;
     }
-    out.push_str(rest);
-    for group in found {
-        kv_tags(group, '=', tags, errors);
-    }
-    Some(out)
+    let name = [&raw[..open], &raw[close + 1..]].concat();
+    Some((name, &raw[open + 1..close]))
 }
 
 /// Parses `k<sep>v,k2<sep>v2`.
@@ -163,7 +165,21 @@ mod tests {
             (n.as_str(), e.0[TagError::MalformedBrackets as usize]),
             ("a]b[c", 1)
         );
-        for bad in ["[[a=b]]", "a[b", "a[b=c]]", "]["] {
+        // The first group is the tags; a later bracket is part of the name.
+        let (n, t, e) = split("a[b=c]]");
+        assert_eq!(
+            (n.as_str(), t, e.is_empty()),
+            ("a]", vec![("b".into(), "c".into())], true)
+        );
+        let (n, t, _) = split("foo.[a=1]bar[b=2]");
+        assert_eq!(
+            (n.as_str(), t),
+            ("foo.bar[b=2]", vec![("a".into(), "1".into())])
+        );
+        // Malformed: used as sent, and no other tag syntax is read from it.
+        let (n, t, _) = split("[tag1=bar,tag2=bazfoo.test");
+        assert_eq!((n.as_str(), t), ("[tag1=bar,tag2=bazfoo.test", vec![]));
+        for bad in ["[[a=b]]", "a[b", "]["] {
             let (n, _, e) = split(bad);
             assert_eq!((n.as_str(), e.is_empty()), (bad, false), "{bad}");
         }

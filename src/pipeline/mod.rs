@@ -153,26 +153,36 @@ impl Writer {
     /// Parses and aggregates one datagram (or one stream line). With `truncated`, the last
     /// line was cut off by the buffer: it is counted as truncated and not parsed.
     pub fn ingest(&mut self, datagram: &[u8], truncated: bool) {
+        let mut seps = std::mem::take(&mut self.seps);
+        if truncated {
+            // Rare: the same split, one line at a time, the last line counted and not parsed.
+            let mut lines = parse::split_lines(datagram, &mut seps).peekable();
+            while let Some(span) = lines.next() {
+                if lines.peek().is_none() {
+                    self.stats.lines += 1;
+                    self.stats.parse_errors[ParseError::Truncated.index()] += 1;
+                    break;
+                }
+                let line = &datagram[span.start..span.end];
+                let hash = self.line_hash(line, span.colon_bar);
+                self.split_line(line, span.colon_bar, hash);
+            }
+            self.seps = seps;
+            return;
+        }
         // Lines are split and their keys hashed up to `AHEAD` at a time, then looked up: two
         // tight loops, in which one line's work (the hash's multiplies, the table's loads)
         // overlaps the next line's instead of waiting for it.
-        let mut seps = std::mem::take(&mut self.seps);
         let mut ahead = std::mem::take(&mut self.ahead);
-        let mut lines = parse::split_lines(datagram, &mut seps).peekable();
+        let mut lines = parse::split_lines(datagram, &mut seps);
         loop {
             ahead.clear();
             self.hash_ahead(datagram, &mut lines, &mut ahead);
-            if truncated && lines.peek().is_none() && ahead.pop().is_some() {
-                // The last line was cut off by the buffer: counted, not parsed.
-                self.stats.lines += 1;
-                self.stats.parse_errors[ParseError::Truncated.index()] += 1;
-            }
             self.lines_hashed(datagram, &ahead);
-            if ahead.len() < AHEAD && lines.peek().is_none() {
+            if ahead.len() < AHEAD {
                 break;
             }
         }
-        drop(lines);
         self.seps = seps;
         self.ahead = ahead;
     }
@@ -318,6 +328,7 @@ impl Writer {
 
     fn line_info(&mut self, info: LineInfo) {
         self.stats.unknown_fields += u64::from(info.unknown_fields);
+        self.stats.ignored_rates += u64::from(info.ignored_rates);
         self.stats.tag_errors[TagError::TooManyFields as usize] +=
             u64::from(info.dropped_tag_fields);
     }

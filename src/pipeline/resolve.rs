@@ -105,7 +105,16 @@ impl Writer {
                 None => (name, FamilyKind::Histogram, Layout::Histogram(0)),
             },
         };
-        let labels = naming::render_labels(tags, observer, &mut errors);
+        // The families of events and service checks are tallyd's: no line may add to them.
+        let dd = &cfg.dogstatsd;
+        if naming::is_reserved(
+            &family,
+            kind,
+            &[&dd.events_family, &dd.service_checks_family],
+        ) {
+            return refused(Refusal::ReservedName, 0);
+        }
+        let labels = naming::render_labels(tags, kind, &mut errors);
         let (buckets, window) = match &summary {
             Some(sm) if observer => (Some(sm.quantiles.clone()), sm.window),
             _ => (
@@ -208,16 +217,18 @@ impl Writer {
             for t in tags.iter() {
                 tags::one_tag(t, ':', &mut labels, &mut errors);
             }
+            let snap = w.snap.clone();
+            let dd = &snap.config.dogstatsd;
             let (family, fk, layout, fixed) = if kind == b'E' {
                 (
-                    "statsd_events_total",
+                    dd.events_family.as_str(),
                     FamilyKind::Counter,
                     Layout::Counter,
                     [("alert_type", name), ("priority", extra)],
                 )
             } else {
                 (
-                    "statsd_service_check_status",
+                    dd.service_checks_family.as_str(),
                     FamilyKind::Gauge,
                     Layout::Gauge,
                     [("check", name), ("", "")],
@@ -230,7 +241,7 @@ impl Writer {
                     .filter(|(k, _)| !k.is_empty())
                     .map(|(k, v)| (k.to_string(), v.to_string())),
             );
-            let labels = naming::render_labels(labels, false, &mut errors);
+            let labels = naming::render_labels(labels, fk, &mut errors);
             let ttl = w.snap.config.defaults.ttl;
             w.create(
                 family,

@@ -35,20 +35,19 @@ pub struct Stats {
     pub service_checks: u64,
     /// Fields after the type that tallyd does not know (ignored).
     pub unknown_fields: u64,
+    /// Sample rates outside (0, 1] that were ignored (the values count at rate 1).
+    pub ignored_rates: u64,
     /// Drops by mapping rule index.
     pub rule_drops: HashMap<usize, u64>,
 }
 
 impl Stats {
     /// The index of a sample type in [`Stats::samples`].
+    #[inline(always)]
     pub(crate) fn sample_kind_index(t: MetricType) -> usize {
         t as usize
     }
-}
 
-/// A retiring series' mark: the store epoch it was marked at, and what its words hashed to
-
-impl Stats {
     pub(crate) fn tag_errors(&mut self, t: TagErrors) {
         if !t.is_empty() {
             for (acc, n) in self.tag_errors.iter_mut().zip(t.0) {

@@ -7,7 +7,7 @@
 //!   checked against [`crate::naming`]'s rules), the store epoch and expiry ([`Store::sweep`]);
 //! - [`arena`]: the shards, one per writer, their words in 128-byte aligned segments;
 //! - `catalog`: series keys, families and their name order, packed for memory;
-//! - [`write`]: how one observation lands in a shard's words, per layout (the hot path's last
+//! - [`write`](mod@write): how one observation lands in a shard's words, per layout (the hot path's last
 //!   step, called by [`crate::pipeline`]);
 //! - [`read`]: a scrape's chunked walk over the families in name order, summing the shards;
 //! - [`sketch`]: the summary quantile sketch.

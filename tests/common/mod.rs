@@ -154,13 +154,98 @@ pub async fn wait_until(addr: SocketAddr, what: &str, cond: impl Fn(&str) -> boo
     }
 }
 
-/// A free loopback port (for the spawned binary, which must be told its ports).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Reports a check that cannot run here: `SKIPPED: <reason>` on stderr, so a skip is never
+/// silent; and under CI (`CI=true`, where every prerequisite is installed) a failure, since a
+/// check CI needs must not be skipped there. `reason` says what is skipped and why, e.g.
+/// "`promtool check metrics` because promtool is not on PATH".
+pub fn skip_or_fail(reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("SKIPPED under CI=true, which must run every check: {reason}");
+    }
+    // Once per reason and test binary (a check repeated per fixture would print it dozens of
+    // times), written to the process's stderr rather than through `eprintln!`, which the test
+    // harness captures and shows only for failing tests: a skip must show in a passing run.
+    static REPORTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut reported = REPORTED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !reported.iter().any(|r| r == reason) {
+        reported.push(reason.to_string());
+        let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
+    }
+}
+
+/// The address in `key=<addr>` on the first line of `log` that contains `message` (the text
+/// log format: `... INFO tallyd::daemon: HTTP endpoint serving /metrics address=127.0.0.1:1234`).
+pub fn logged_addr(log: &str, message: &str, key: &str) -> Option<SocketAddr> {
+    let line = log.lines().find(|l| l.contains(message))?;
+    let field = format!(" {key}=");
+    let at = line.find(&field)? + field.len();
+    let value = line[at..].split_whitespace().next()?.trim_matches('"');
+    value.parse().ok()
+}
+
+/// Waits until the log at `log_path` has a line with `message` and reads its `key=<addr>`
+/// (see [`logged_addr`]); fails early (with the log) if `child` exits first, and after
+/// [`DEADLINE`] (a hang guard) if the line never comes.
+pub fn wait_logged_addr(
+    child: &mut std::process::Child,
+    log_path: &std::path::Path,
+    message: &str,
+    key: &str,
+) -> SocketAddr {
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(log_path).unwrap_or_default();
+        if let Some(a) = logged_addr(&log, message, key) {
+            return a;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("tallyd exited ({st}) before logging {message:?}; log:\n{log}");
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "tallyd never logged {message:?} with {key}=; log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The local addresses of the IPv4 UDP sockets process `pid` holds (its open fds matched with
+/// `/proc/<pid>/net/udp`), sorted, without repeats (a listener's SO_REUSEPORT workers share
+/// one). The daemon logs its listeners by their configured address (`udp://127.0.0.1:0`), so
+/// a test that lets it pick a port reads the bound one from the socket table.
+pub fn udp_addrs_of(pid: u32) -> Vec<SocketAddr> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_str()?;
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/udp")).unwrap_or_default();
+    let mut out: Vec<SocketAddr> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if !inodes.contains(*f.get(9)?) {
+                return None;
+            }
+            let (ip, port) = f.get(1)?.split_once(':')?;
+            // The kernel prints the address as the u32 it holds in network order, read in host
+            // order: its native-endian bytes are the address's bytes.
+            let ip = u32::from_str_radix(ip, 16).ok()?.to_ne_bytes();
+            let port = u16::from_str_radix(port, 16).ok()?;
+            (port != 0).then(|| SocketAddr::from((ip, port)))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The built `tallyd` binary.
@@ -284,10 +369,11 @@ pub async fn scrape_text(addr: SocketAddr) -> String {
     .expect("scrape task")
 }
 
-/// The config of a spawned binary: fixed free ports (it must be told them) plus `extra`.
-pub fn binary_config(http: u16, udp: u16, extra: &str) -> String {
+/// The config of a spawned binary: HTTP and one UDP listener on ports the daemon picks (the
+/// test reads them back, see [`Spawned::start`]) plus `extra`.
+pub fn binary_config(extra: &str) -> String {
     format!(
-        "[http]\nlisten = \"127.0.0.1:{http}\"\n\n[[udp]]\nlisten = \"127.0.0.1:{udp}\"\nworkers = 1\nrecv_buffer = \"1MiB\"\n\n{extra}\n"
+        "[http]\nlisten = \"127.0.0.1:0\"\n\n[[udp]]\nlisten = \"127.0.0.1:0\"\nworkers = 1\nrecv_buffer = \"1MiB\"\n\n{extra}\n"
     )
 }
 
@@ -302,31 +388,38 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    /// Writes [`binary_config`] on two free ports to `<tmp>/tallyd.toml`, starts
-    /// `tallyd --config <it>` (stderr to `<tmp>/tallyd.log`) and waits for `/-/ready` 200.
+    /// Writes [`binary_config`] to `<tmp>/tallyd.toml`, starts `tallyd --config <it>` (stderr
+    /// to `<tmp>/tallyd.log`), reads the HTTP address from its log line `HTTP endpoint serving
+    /// /metrics address=...`, waits for `/-/ready` 200, then reads the UDP listener's bound
+    /// address from the process's socket table ([`udp_addrs_of`]). No port is picked by the
+    /// test, so none can be taken by another test in between.
     pub fn start(extra: &str) -> Self {
-        let (h, u) = (free_port(), free_port());
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("tallyd.toml");
-        std::fs::write(&config_path, binary_config(h, u, extra)).expect("write config");
+        std::fs::write(&config_path, binary_config(extra)).expect("write config");
         let log_path = dir.path().join("tallyd.log");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let child = std::process::Command::new(binary())
+        let mut child = std::process::Command::new(binary())
             .arg("--config")
             .arg(&config_path)
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn tallyd");
-        let s = Self {
+        let http = wait_logged_addr(&mut child, &log_path, "HTTP endpoint serving", "address");
+        let mut s = Self {
             child,
-            http: SocketAddr::from(([127, 0, 0, 1], h)),
-            udp: SocketAddr::from(([127, 0, 0, 1], u)),
+            http,
+            udp: SocketAddr::from(([127, 0, 0, 1], 0)),
             dir,
             config_path,
             log_path,
         };
         s.wait_ready();
+        // Ready means every listener is bound.
+        let udp = udp_addrs_of(s.child.id());
+        assert_eq!(udp.len(), 1, "one UDP listener: {udp:?}; log:\n{}", s.log());
+        s.udp = udp[0];
         s
     }
 
@@ -362,16 +455,17 @@ impl Spawned {
         assert_eq!(rc, 0, "kill failed");
     }
 
-    /// Waits up to `limit` for the child to exit; panics (with the log) if it does not.
-    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+    /// Waits for the child to exit; panics (with the log) if it has not after [`DEADLINE`], a
+    /// hang guard, not a claim about how fast it stops.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
                 return st;
             }
             assert!(
-                start.elapsed() < limit,
-                "tallyd did not exit within {limit:?}; log:\n{}",
+                start.elapsed() < DEADLINE,
+                "tallyd did not exit (hang guard {DEADLINE:?}); log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(10));

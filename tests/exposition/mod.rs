@@ -273,8 +273,9 @@ pub fn parse(text: &str) -> Result<Vec<Family>, String> {
                 .find(|(k, _)| k == "le")
                 .ok_or_else(|| at("bucket without `le`".into()))?;
             parse_value(&le.1).map_err(at)?;
-        } else if has("le") {
-            return Err(at("`le` outside a histogram bucket".into()));
+        } else if has("le") && fam.kind == "histogram" {
+            // Elsewhere `le` is a label like any other (Prometheus reads it so).
+            return Err(at("`le` on a histogram sample that is not a bucket".into()));
         }
         let is_quantile = fam.kind == "summary" && name == fam.name;
         if is_quantile {
@@ -283,8 +284,8 @@ pub fn parse(text: &str) -> Result<Vec<Family>, String> {
                 .find(|(k, _)| k == "quantile")
                 .ok_or_else(|| at("summary sample without `quantile`".into()))?;
             parse_value(&q.1).map_err(at)?;
-        } else if has("quantile") {
-            return Err(at("`quantile` outside a summary's quantile samples".into()));
+        } else if has("quantile") && fam.kind == "summary" {
+            return Err(at("`quantile` on a summary's `_sum` or `_count`".into()));
         }
         let mut key: Vec<_> = labels.iter().map(|(k, v)| format!("{k}\u{1}{v}")).collect();
         key.sort();
@@ -307,9 +308,10 @@ pub fn parse(text: &str) -> Result<Vec<Family>, String> {
     Ok(families)
 }
 
-/// Runs `promtool check metrics` on `text` if promtool is on PATH. `Ok(None)` when it is
-/// missing (the reason is printed once per call site); `Ok(Some(output))` with its combined
-/// output when it ran. The caller decides what output is acceptable.
+/// Runs `promtool check metrics` on `text` if promtool is on PATH. `None` when it is missing,
+/// reported through [`crate::common::skip_or_fail`] (SKIPPED on stderr; a failure under
+/// CI=true); `Some((exit code, combined output))` when it ran. The caller decides what output
+/// is acceptable. (A test that includes this module includes `common` too.)
 pub fn promtool(text: &str) -> Option<(i32, String)> {
     use std::io::Write;
     use std::process::{Command, Stdio};
@@ -322,13 +324,10 @@ pub fn promtool(text: &str) -> Option<(i32, String)> {
     {
         Ok(c) => c,
         Err(e) => {
-            static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| {
-                eprintln!(
-                    "promtool not runnable ({e}); skipping `promtool check metrics` \
-                     (install it with `apt-get install prometheus`)"
-                )
-            });
+            crate::common::skip_or_fail(&format!(
+                "`promtool check metrics` because promtool is not runnable ({e}); install it \
+                 with `apt-get install prometheus`"
+            ));
             return None;
         }
     };
@@ -345,7 +344,7 @@ pub fn promtool(text: &str) -> Option<(i32, String)> {
 }
 
 /// Asserts `promtool check metrics` accepts `text` with no output, except lint findings that
-/// contain `allow` (never a parse error). Skips (printing why) when promtool is missing.
+/// contain `allow` (never a parse error). When promtool is missing: see [`promtool`].
 pub fn assert_promtool(text: &str, context: &str, allow: Option<&str>) {
     let Some((code, out)) = promtool(text) else {
         return;
