@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tallyd::config::Config;
 use tallyd::config::live::Snapshot;
-use tallyd::config::{Config, LogFormat};
 #[cfg(not(loom))]
 use tallyd::daemon::{Daemon, Options, control};
 
@@ -40,22 +40,51 @@ enum Command {
 }
 
 #[cfg(not(loom))]
-fn init_logging(cfg: &Config) {
+mod logging {
+    //! The logger: a level filter and a format layer, both behind reload handles so that a
+    //! `[log]` change applies live.
     use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(cfg.log.level.as_str()));
-    let ansi = std::io::stderr().is_terminal();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cfg.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Logfmt => builder
-            .event_format(tracing_logfmt::EventsFormatter::default())
-            .fmt_fields(tracing_logfmt::FieldsFormatter::default())
-            .init(),
-        LogFormat::Text => builder.with_ansi(ansi).init(),
+
+    use tallyd::config::{Log, LogFormat};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _, Registry, reload};
+
+    type Filtered =
+        tracing_subscriber::layer::Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+    type Format = Box<dyn tracing_subscriber::Layer<Filtered> + Send + Sync>;
+
+    /// The level filter: `RUST_LOG` when set (it overrides `[log] level`), else the level.
+    fn filter(log: &Log) -> EnvFilter {
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log.level.as_str()))
+    }
+
+    fn format(log: &Log) -> Format {
+        let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        match log.format {
+            LogFormat::Json => layer.json().boxed(),
+            LogFormat::Logfmt => layer
+                .event_format(tracing_logfmt::EventsFormatter::default())
+                .fmt_fields(tracing_logfmt::FieldsFormatter::default())
+                .boxed(),
+            LogFormat::Text => layer.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        }
+    }
+
+    /// Installs the logger for `log`; returns what applies a new `[log]` to it.
+    pub fn init(log: &Log) -> tallyd::daemon::LogReload {
+        let (level_layer, filter_handle) = reload::Layer::new(filter(log));
+        let (format_layer, format_handle) = reload::Layer::new(format(log));
+        Registry::default()
+            .with(level_layer)
+            .with(format_layer)
+            .init();
+        std::sync::Arc::new(move |log: &Log| {
+            filter_handle
+                .reload(filter(log))
+                .map_err(|e| e.to_string())?;
+            format_handle.reload(format(log)).map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -103,7 +132,7 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
-    init_logging(&cfg);
+    let log_reload = logging::init(&cfg.log);
     // SAFETY: no other thread exists yet (the runtime is built below), and nothing else in the
     // process takes the passed descriptors.
     #[allow(unsafe_code)]
@@ -122,6 +151,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let mut opts = Options::new(cli.config.clone());
         opts.passed = passed;
+        opts.log_reload = Some(log_reload);
         match (control::stop_signal(), control::hangup_signal()) {
             (Ok(stop), Ok(hup)) => {
                 opts.shutdown = Some(Box::pin(stop));

@@ -11,6 +11,18 @@ use crate::parse::tags::TagError;
 use crate::pipeline::Stats;
 use crate::store::Refusal;
 
+/// How a config reload ended (`tallyd_config_reloads_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new config is in force, whole.
+    Success,
+    /// The new config is in force, but a listener could not be bound (it is retried) or
+    /// `[log]` could not be applied.
+    Partial,
+    /// The file was refused (invalid, unreadable, missing, empty); the running config stays.
+    Failure,
+}
+
 /// Handles on every self-metric.
 pub struct Telemetry {
     /// The registry rendered at the end of `/metrics`.
@@ -63,8 +75,10 @@ pub struct Telemetry {
     pub last_reload_ok: IntGauge,
     /// `tallyd_config_last_reload_success_timestamp_seconds`.
     pub last_reload_time: Gauge,
-    /// `tallyd_config_restart_required`: the running listeners differ from the file's.
+    /// `tallyd_config_restart_required`: settings of the file in force that wait for a restart.
     pub restart_required: IntGauge,
+    /// `tallyd_listener_up{listener}`.
+    pub listener_up: IntGaugeVec,
     /// `tallyd_tcp_connections{listener}`.
     pub tcp_connections: IntGaugeVec,
     /// `tallyd_tcp_connections_refused_total{listener}`.
@@ -162,10 +176,12 @@ impl Telemetry {
         let reloads = counter_vec(
             &r,
             "tallyd_config_reloads_total",
-            "Config reload attempts, by outcome.",
+            "Config reloads by outcome: success, partial (the config is in force but a listener \
+             could not be bound or [log] not applied), failure (refused; the running config stays).",
             "outcome",
         );
         reloads.with_label_values(&["success"]);
+        reloads.with_label_values(&["partial"]);
         reloads.with_label_values(&["failure"]);
         let last_reload_time = Gauge::new(
             "tallyd_config_last_reload_success_timestamp_seconds",
@@ -264,13 +280,23 @@ impl Telemetry {
             last_reload_ok: gauge(
                 &r,
                 "tallyd_config_last_reload_successful",
-                "1 if the last config reload succeeded.",
+                "1 if the config file in force is the file on disk and runs whole: 0 after a \
+                 failed or partial reload, back to 1 when a good file is loaded (or the same \
+                 file read again) and every listener is bound.",
             ),
             last_reload_time,
             restart_required: gauge(
                 &r,
                 "tallyd_config_restart_required",
-                "1 if the loaded file's listeners differ from the running ones and could not be applied.",
+                "1 if settings of the file in force wait for a restart: [http] listen, \
+                 tls_cert_file, tls_key_file, max_connections, header_read_timeout (and [log] \
+                 where the logger cannot change live). The reload log names them.",
+            ),
+            listener_up: gauge_vec(
+                &r,
+                "tallyd_listener_up",
+                "1 while a configured listener is bound, 0 while it could not be (retried every 5s).",
+                "listener",
             ),
             tcp_connections: gauge_vec(
                 &r,
@@ -349,10 +375,13 @@ impl Telemetry {
     }
 
     /// Records a reload's outcome.
-    pub fn reload_outcome(&self, ok: bool) {
-        self.reloads
-            .with_label_values(&[if ok { "success" } else { "failure" }])
-            .inc();
+    pub fn reload_outcome(&self, outcome: ReloadOutcome) {
+        let (label, ok) = match outcome {
+            ReloadOutcome::Success => ("success", true),
+            ReloadOutcome::Partial => ("partial", false),
+            ReloadOutcome::Failure => ("failure", false),
+        };
+        self.reloads.with_label_values(&[label]).inc();
         self.last_reload_ok.set(i64::from(ok));
         if ok {
             self.last_reload_time.set(unix_now());

@@ -341,15 +341,17 @@ fn notify_start_reload_bad_reload_stop() {
     );
     wait_http(d.http(), "/-/ready", 200);
 
-    // Good reload by SIGHUP (the file is unchanged, so the watcher stays quiet).
+    // SIGHUP on the file in force: RELOADING=1 and READY=1, nothing reloaded (the watcher
+    // stays quiet: the file did not change).
     d.signal(libc::SIGHUP);
-    let (u1, _) = expect_reload(&env, &d, "success");
+    let (u1, _) = expect_reload(&env, &d, "unchanged");
 
-    // A changed good file is picked up by the watcher: one reload, then SIGHUP: another.
+    // A changed good file is picked up by the watcher: one reload; a SIGHUP then finds it in
+    // force already.
     env.rewrite_config(&format!("{good}\n[limits]\nmax_series = 5000\n"));
     let (u2, _) = expect_reload(&env, &d, "success");
     d.signal(libc::SIGHUP);
-    let (u3, _) = expect_reload(&env, &d, "success");
+    let (u3, _) = expect_reload(&env, &d, "unchanged");
 
     // Bad file: the watcher's reload fails, and so does a SIGHUP; READY=1 follows both.
     env.rewrite_config(&format!("{good}\n[limits]\nmax_series = \"lots\"\n"));

@@ -50,26 +50,52 @@ pub struct Reloaded {
     pub listeners_changed: bool,
     /// `[http]` settings that need a restart differ from the running ones.
     pub http_changed: bool,
+    /// `[log]` differs from the running one.
+    pub log_changed: bool,
     /// Warnings of the new file.
     pub warnings: Vec<String>,
+}
+
+/// What a reload of a given text did. One rule for every trigger (a file event, SIGHUP,
+/// `POST /-/reload`): a text other than the one in force is validated and published or
+/// refused; the text in force again is a success only if the last attempt had failed (so
+/// `tallyd_config_last_reload_successful` returns to 1 when a good file comes back), and
+/// otherwise changes and counts nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new config was published.
+    Applied(Reloaded),
+    /// The text in force, after a failed attempt: a success, nothing to publish.
+    Recovered,
+    /// The text in force, nothing failed since: nothing happened.
+    Unchanged,
 }
 
 /// The config cell plus where it came from.
 pub struct Live {
     cell: Cell<Snapshot>,
     path: Option<PathBuf>,
-    /// Text of the last file read (good or bad), so a file event that changed nothing is not
-    /// counted as a reload, and a bad file is reported once, not on every event.
-    last_text: Mutex<Option<String>>,
+    state: Mutex<FileState>,
+}
+
+/// What reloads remember between attempts.
+struct FileState {
+    /// The text of the config in force (`None`: the embedded defaults).
+    applied: Option<String>,
+    /// Whether the last attempt (of any trigger) succeeded.
+    last_ok: bool,
 }
 
 impl Live {
-    /// A live config holding `snapshot`, reloaded from `path` (if any).
+    /// A live config holding `snapshot` (parsed from `text`), reloaded from `path` (if any).
     pub fn new(snapshot: Snapshot, path: Option<PathBuf>, text: Option<String>) -> Arc<Self> {
         Arc::new(Self {
             cell: Cell::new(Arc::new(snapshot)),
             path,
-            last_text: Mutex::new(text),
+            state: Mutex::new(FileState {
+                applied: text,
+                last_ok: true,
+            }),
         })
     }
 
@@ -93,61 +119,181 @@ impl Live {
         self.cell.store(Arc::new(snapshot));
     }
 
-    /// True if the file's text differs from the last text read (or cannot be read).
-    pub fn changed_on_disk(&self) -> bool {
+    /// Reads the file now (SIGHUP, `POST /-/reload`) and reloads its text ([`Live::apply`]).
+    /// `Ok(None)` when there is no file (the embedded defaults).
+    pub fn reload(&self) -> Result<Option<Outcome>, ConfigError> {
         let Some(path) = &self.path else {
-            return false;
+            return Ok(None);
         };
-        match std::fs::read_to_string(path) {
-            Ok(text) => lock(&self.last_text).as_deref() != Some(text.as_str()),
-            Err(_) => true,
+        match super::read_file(path) {
+            Ok(text) => self.apply(text).map(Some),
+            Err(e) => {
+                self.failed();
+                Err(e)
+            }
         }
     }
 
-    /// Re-reads the file and publishes it if valid. `Ok(None)` when `only_if_changed` and the
-    /// text is the same as last read, or when there is no file (defaults only).
-    pub fn reload(&self, only_if_changed: bool) -> Result<Option<Reloaded>, ConfigError> {
-        let Some(path) = &self.path else {
-            return Ok(None);
-        };
-        let mut last = lock(&self.last_text);
-        let text = super::read_file(path)?;
-        if only_if_changed && last.as_deref() == Some(text.as_str()) {
-            return Ok(None);
+    /// Reloads from `text` (read by the caller: the file watcher reads it once the file is
+    /// quiet): validates it and publishes it if it differs from the text in force.
+    pub fn apply(&self, text: String) -> Result<Outcome, ConfigError> {
+        let mut st = lock(&self.state);
+        if st.applied.as_deref() == Some(text.as_str()) {
+            let was_ok = std::mem::replace(&mut st.last_ok, true);
+            return Ok(if was_ok {
+                Outcome::Unchanged
+            } else {
+                Outcome::Recovered
+            });
         }
-        *last = Some(text.clone());
-        let new = Snapshot::from_toml(&text)?;
+        let new = match Snapshot::from_toml(&text) {
+            Ok(n) => n,
+            Err(e) => {
+                st.last_ok = false;
+                return Err(e);
+            }
+        };
         let old = self.cell.load();
         let out = Reloaded {
             listeners_changed: old.config.listeners_differ(&new.config),
             http_changed: old.config.http_differs(&new.config),
+            log_changed: old.config.log != new.config.log,
             warnings: new.warnings.iter().map(ToString::to_string).collect(),
         };
         self.cell.store(Arc::new(new));
-        Ok(Some(out))
+        st.applied = Some(text);
+        st.last_ok = true;
+        Ok(Outcome::Applied(out))
+    }
+
+    /// Records a failed attempt that never reached [`Live::apply`] (the file missing,
+    /// unreadable, or refused by the watcher), so the next good read counts as a recovery.
+    pub fn failed(&self) {
+        lock(&self.state).last_ok = false;
     }
 }
 
-/// Watches the config file's directory (not the file: editors replace it by rename and
-/// Kubernetes swaps a `..data` symlink, both of which a watch on the file itself misses) and
-/// calls `on_change` for every event in it. Keep the returned watcher alive.
+/// The paths whose change is a change of the config at `path`: the path itself, every symlink
+/// on the way to the file (each link in a chain, and a symlinked directory on the way, as
+/// Kubernetes' `..data`), and the file it resolves to. A watcher watches their directories
+/// and reacts to events that name one of them.
 #[cfg(not(loom))]
-pub fn watch(
-    path: &Path,
-    on_change: impl Fn() + Send + 'static,
-) -> notify::Result<notify::RecommendedWatcher> {
-    use notify::{RecursiveMode, Watcher};
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev
-            && !ev.kind.is_access()
-        {
-            on_change();
+pub fn config_paths(path: &Path) -> Vec<PathBuf> {
+    let mut out = vec![path.to_path_buf()];
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        // Symlinked directories on the way (`..data/tallyd.toml`, where `..data` is a link).
+        for anc in p.ancestors().skip(1) {
+            if anc.as_os_str().is_empty() {
+                break;
+            }
+            if std::fs::symlink_metadata(anc).is_ok_and(|m| m.file_type().is_symlink()) {
+                out.push(anc.to_path_buf());
+            }
         }
-    })?;
-    watcher.watch(dir, RecursiveMode::NonRecursive)?;
-    Ok(watcher)
+        let Ok(target) = std::fs::read_link(&p) else {
+            break;
+        };
+        let next = match p.parent() {
+            Some(dir) if target.is_relative() => dir.join(&target),
+            _ => target,
+        };
+        out.push(next.clone());
+        p = next;
+    }
+    if let Ok(c) = std::fs::canonicalize(path) {
+        out.push(c);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Watches the directories of the config's paths ([`config_paths`]; not the file itself:
+/// editors replace it by rename and Kubernetes swaps a `..data` symlink, which a watch on the
+/// file misses) and calls `on_change` for every event that names one of the paths' file names.
+/// Events for anything else in those directories (a log file beside the config) are ignored.
+/// [`ConfigWatch::refresh`] follows a chain of links that changed. Keep it alive.
+#[cfg(not(loom))]
+pub struct ConfigWatch {
+    watcher: notify::RecommendedWatcher,
+    path: PathBuf,
+    dirs: Vec<PathBuf>,
+    names: Arc<Mutex<Vec<std::ffi::OsString>>>,
+}
+
+#[cfg(not(loom))]
+impl ConfigWatch {
+    /// Starts watching for `path`.
+    pub fn new(
+        path: &Path,
+        on_change: impl Fn() + Send + Sync + 'static,
+    ) -> notify::Result<ConfigWatch> {
+        let names: Arc<Mutex<Vec<std::ffi::OsString>>> = Arc::new(Mutex::new(Vec::new()));
+        let seen = names.clone();
+        let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            let Ok(ev) = ev else {
+                return;
+            };
+            if ev.kind.is_access() {
+                return;
+            }
+            let names = lock(&seen);
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)))
+            {
+                on_change();
+            }
+        })?;
+        let mut w = ConfigWatch {
+            watcher,
+            path: path.to_path_buf(),
+            dirs: Vec::new(),
+            names,
+        };
+        w.refresh()?;
+        Ok(w)
+    }
+
+    /// Recomputes the config's paths and watches any new directory among theirs (after a link
+    /// was re-pointed). Directories no longer on the way are let go.
+    pub fn refresh(&mut self) -> notify::Result<()> {
+        use notify::{RecursiveMode, Watcher};
+        let paths = config_paths(&self.path);
+        let mut dirs: Vec<PathBuf> = paths
+            .iter()
+            .map(|p| {
+                p.parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+                    .to_path_buf()
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        *lock(&self.names) = paths
+            .iter()
+            .filter_map(|p| p.file_name().map(ToOwned::to_owned))
+            .collect();
+        for d in self.dirs.iter().filter(|d| !dirs.contains(d)) {
+            let _ = self.watcher.unwatch(d);
+        }
+        let mut watched = Vec::new();
+        for d in dirs {
+            if self.dirs.contains(&d) {
+                watched.push(d);
+                continue;
+            }
+            // A directory that does not exist (a dangling link's) is tried again next time.
+            match self.watcher.watch(&d, RecursiveMode::NonRecursive) {
+                Ok(()) => watched.push(d),
+                Err(_) if !d.exists() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.dirs = watched;
+        Ok(())
+    }
 }

@@ -512,14 +512,41 @@ impl Config {
     }
 }
 
+/// The largest config file tallyd reads. A larger one is refused whole, never read in part.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 /// Reads a config file's text; an unreadable file is an error not tied to a line.
+///
+/// Only a regular file (a symlink to one included) of at most [`MAX_CONFIG_BYTES`] is read.
+/// The file is opened without blocking, so a FIFO or a device at the path is refused at once
+/// instead of wedging the caller, and the read stops one byte past the limit whatever the file
+/// claims its size is (`/dev/zero` is refused, not read until memory runs out).
 pub fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let fail = |message: String| ConfigError {
         line: 0,
         column: 0,
         key: None,
-        message: format!("cannot read {}: {e}", path.display()),
-    })
+        message: format!("cannot read {}: {message}", path.display()),
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| fail(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(e.to_string()))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(fail(format!("larger than {} MiB", MAX_CONFIG_BYTES >> 20)));
+    }
+    String::from_utf8(bytes).map_err(|_| fail("not UTF-8 text".into()))
 }
 
 /// 1-based line and column of a byte offset.

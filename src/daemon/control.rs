@@ -6,16 +6,20 @@
 //! a good one), then brings the listeners in line with it: new ones are bound before old ones
 //! stop, and a bind failure keeps every old listener running.
 
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::time::Duration;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 use super::systemd::{self, Passed};
 use super::{Key, Shared, start_listener};
-use crate::config::ConfigError;
+use crate::config::live::{ConfigWatch, Outcome};
+use crate::config::{ConfigError, read_file};
 use crate::export::http::Control;
 use crate::ingest::{self, Running};
+use crate::telemetry::ReloadOutcome;
 
 pub(super) fn status(s: &Shared, last: &str) -> String {
     let n = crate::sync::lock(&s.listeners).len();
@@ -49,10 +53,7 @@ pub fn hangup_signal() -> std::io::Result<Signal> {
 /// Turns every SIGHUP into a reload request, as `POST /-/reload` makes one.
 pub(super) async fn forward_hangups(mut hup: Signal, control: mpsc::Sender<Control>) {
     while hup.recv().await.is_some() {
-        let reload = Control::Reload {
-            only_if_changed: false,
-            reply: None,
-        };
+        let reload = Control::Reload { reply: None };
         if control.send(reload).await.is_err() {
             return;
         }
@@ -104,27 +105,54 @@ pub(super) fn watchdog(s: &Shared) -> Option<tokio::task::JoinHandle<()>> {
     }))
 }
 
-/// Owns reloads and stops, one at a time.
+/// How long the config file must be quiet (no event that names it) before it is read: longer
+/// than the pause between two `write()`s of an editor or a shell redirect that writes in parts.
+pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// How often a configured listener that could not be bound is tried again.
+pub const LISTENER_RETRY: Duration = Duration::from_secs(5);
+
+/// Owns reloads, listener changes and stops, one at a time.
 pub(super) async fn control_loop(mut rx: mpsc::Receiver<Control>, s: Shared, passed: Vec<Passed>) {
     let mut stop_rx = s.stop_tx.subscribe();
+    let mut retry = tokio::time::interval(LISTENER_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let msg = tokio::select! {
             m = rx.recv() => m,
             _ = stop_rx.changed() => None,
+            _ = retry.tick() => {
+                retry_listeners(&s, &passed).await;
+                continue;
+            }
         };
         match msg {
-            Some(Control::Reload {
-                only_if_changed,
-                reply,
-            }) => {
-                let out = reload(&s, only_if_changed, &passed).await;
-                if let Some(o) = &out {
-                    let last = if o.is_ok() { "success" } else { "failure" };
-                    systemd::ready(&status(&s, last));
-                }
+            Some(Control::Reload { reply }) => {
+                systemd::reloading();
+                let live = s.live.clone();
+                let read = tokio::task::spawn_blocking(move || live.reload())
+                    .await
+                    .unwrap_or_else(|e| Err(panicked(&e)));
+                let out = finish(&s, read, &passed).await;
+                systemd::ready(&status(&s, outcome_word(&out)));
                 if let Some(r) = reply {
-                    let _ = r.send(out.unwrap_or_else(|| Ok("unchanged".into())));
+                    let _ = r.send(out);
                 }
+            }
+            Some(Control::FileSettled(read)) => {
+                systemd::reloading();
+                let live = s.live.clone();
+                let read = match read {
+                    Ok(text) => tokio::task::spawn_blocking(move || live.apply(text).map(Some))
+                        .await
+                        .unwrap_or_else(|e| Err(panicked(&e))),
+                    Err(e) => {
+                        live.failed();
+                        Err(e)
+                    }
+                };
+                let out = finish(&s, read, &passed).await;
+                systemd::ready(&status(&s, outcome_word(&out)));
             }
             Some(Control::Shutdown(done)) => {
                 stop(&s).await;
@@ -136,6 +164,201 @@ pub(super) async fn control_loop(mut rx: mpsc::Receiver<Control>, s: Shared, pas
                 return;
             }
         }
+    }
+}
+
+/// The last reload's outcome, for the systemd status line.
+fn outcome_word(out: &Result<String, String>) -> &'static str {
+    match out {
+        Ok(m) if m.starts_with("config unchanged") && !m.contains("successful") => "unchanged",
+        Ok(_) => "success",
+        Err(m) if m.starts_with("config reload failed") => "failure",
+        Err(_) => "partial",
+    }
+}
+
+fn panicked(e: &tokio::task::JoinError) -> ConfigError {
+    ConfigError {
+        line: 0,
+        column: 0,
+        key: None,
+        message: format!("reload panicked: {e}"),
+    }
+}
+
+/// Turns the watcher's events into settled reads of the config file, sent to the control loop
+/// as [`Control::FileSettled`]. Each burst of events is followed by [`SETTLE`] of quiet, then
+/// two reads that must agree (else the file is still being written: settle again). An empty
+/// file is not applied from an event (a truncate-then-write seen between its two steps; an
+/// empty config is applied only when asked for, by SIGHUP or `POST /-/reload`). A read that
+/// gives what the last one gave (the same text, or the same error: a missing file) sends
+/// nothing, so a missing file is one failure however many events its directory sees.
+pub(super) async fn watch_file(
+    path: PathBuf,
+    mut events: mpsc::Receiver<()>,
+    mut watch: ConfigWatch,
+    control: mpsc::Sender<Control>,
+    initial: Option<String>,
+) {
+    let mut last: Option<Result<String, String>> = initial.map(Ok);
+    'events: while events.recv().await.is_some() {
+        loop {
+            // Quiet for SETTLE: every event restarts the wait.
+            loop {
+                match tokio::time::timeout(SETTLE, events.recv()).await {
+                    Ok(Some(())) => {}
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = watch.refresh() {
+                tracing::warn!(error = %e, "cannot watch a directory on the config's path");
+            }
+            let p = path.clone();
+            let reads = tokio::task::spawn_blocking(move || (read_file(&p), read_file(&p))).await;
+            let Ok((a, b)) = reads else {
+                continue 'events;
+            };
+            let settled = match (a, b) {
+                (Ok(a), Ok(b)) if a == b => Ok(a),
+                (Err(e), Err(_)) => Err(e),
+                _ => continue, // still being written
+            };
+            let settled = match settled {
+                Ok(t) if t.trim().is_empty() => Err(ConfigError {
+                    line: 0,
+                    column: 0,
+                    key: None,
+                    message: format!(
+                        "{} is empty; not applied (an empty config applies on SIGHUP or POST /-/reload)",
+                        path.display()
+                    ),
+                }),
+                other => other,
+            };
+            let seen = settled.clone().map_err(|e| e.to_string());
+            if last.as_ref() != Some(&seen) {
+                last = Some(seen);
+                if control.send(Control::FileSettled(settled)).await.is_err() {
+                    return;
+                }
+            }
+            continue 'events;
+        }
+    }
+}
+
+/// What a reload attempt comes to: counted, logged, its listeners and `[log]` applied.
+async fn finish(
+    s: &Shared,
+    read: Result<Option<Outcome>, ConfigError>,
+    passed: &[Passed],
+) -> Result<String, String> {
+    let r = match read {
+        Ok(None) => return Ok("no config file; running on the embedded defaults".into()),
+        Ok(Some(Outcome::Unchanged)) => {
+            tracing::info!("config unchanged; nothing to reload");
+            return Ok("config unchanged".into());
+        }
+        Ok(Some(Outcome::Recovered)) => {
+            s.telemetry.reload_outcome(ReloadOutcome::Success);
+            tracing::info!("config file readable again, unchanged: the running config stays");
+            return Ok("config unchanged; reload successful".into());
+        }
+        Ok(Some(Outcome::Applied(r))) => r,
+        Err(e) => {
+            s.telemetry.reload_outcome(ReloadOutcome::Failure);
+            tracing::error!(
+                error = %e,
+                file = %s.live.path().map_or_else(String::new, |p| p.display().to_string()),
+                "config reload failed; the running config stays"
+            );
+            return Err(format!("config reload failed: {e}"));
+        }
+    };
+    for w in &r.warnings {
+        tracing::warn!("config: {w}");
+    }
+    let mut msg = String::from("config reloaded");
+    let mut outcome = ReloadOutcome::Success;
+    if r.listeners_changed {
+        match apply_listeners(s, passed).await {
+            Ok(()) => msg.push_str("; listeners updated"),
+            Err(e) => {
+                outcome = ReloadOutcome::Partial;
+                tracing::error!(
+                    error = %e,
+                    "a listener could not be bound; it is retried every {}s, and the listeners it replaces keep running until it binds",
+                    LISTENER_RETRY.as_secs()
+                );
+                msg.push_str(&format!("; listener not bound ({e}), retried"));
+            }
+        }
+    }
+    if r.log_changed
+        && let Some(apply) = &s.log_reload
+    {
+        match apply(&s.live.load().config.log) {
+            Ok(()) => msg.push_str("; [log] applied"),
+            Err(e) => {
+                outcome = ReloadOutcome::Partial;
+                tracing::error!(error = %e, "cannot apply [log]");
+                msg.push_str(&format!("; [log] not applied ({e})"));
+            }
+        }
+    }
+    let pending = restart_pending(s);
+    if !pending.is_empty() {
+        tracing::warn!(
+            keys = %pending.join(", "),
+            "these settings take effect at the next restart"
+        );
+        msg.push_str(&format!("; needs a restart: {}", pending.join(", ")));
+    }
+    s.telemetry.reload_outcome(outcome);
+    tracing::info!("{msg}");
+    match outcome {
+        ReloadOutcome::Partial => Err(msg),
+        _ => Ok(msg),
+    }
+}
+
+/// The settings of the file in force that the running daemon does not apply until a restart
+/// (what `tallyd_config_restart_required` reports): `[http]` listen, TLS files and limits,
+/// and `[log]` when the logger cannot be changed live. Sets the gauge.
+fn restart_pending(s: &Shared) -> Vec<&'static str> {
+    let now = s.live.load();
+    let (a, b) = (&s.started.config.http, &now.config.http);
+    let mut keys = Vec::new();
+    if a.listen != b.listen {
+        keys.push("[http] listen");
+    }
+    if a.tls_cert_file != b.tls_cert_file || a.tls_key_file != b.tls_key_file {
+        keys.push("[http] tls_cert_file/tls_key_file");
+    }
+    if a.max_connections != b.max_connections || a.header_read_timeout != b.header_read_timeout {
+        keys.push("[http] max_connections/header_read_timeout");
+    }
+    if s.log_reload.is_none() && s.started.config.log != now.config.log {
+        keys.push("[log]");
+    }
+    s.telemetry
+        .restart_required
+        .set(i64::from(!keys.is_empty()));
+    keys
+}
+
+/// Tries again to bind the configured listeners that are not running.
+async fn retry_listeners(s: &Shared, passed: &[Passed]) {
+    let cfg = s.live.load();
+    let missing = {
+        let map = crate::sync::lock(&s.listeners);
+        Key::all(&cfg.config).iter().any(|k| !map.contains_key(k))
+    };
+    if missing && apply_listeners(s, passed).await.is_ok() {
+        tracing::info!("every configured listener is bound");
+        // The config in force now runs whole.
+        s.telemetry.last_reload_ok.set(1);
     }
 }
 
@@ -156,98 +379,70 @@ async fn stop(s: &Shared) {
     tracing::info!("stopped");
 }
 
-/// One reload; `None` when a file event changed nothing.
-async fn reload(
-    s: &Shared,
-    only_if_changed: bool,
-    passed: &[Passed],
-) -> Option<Result<String, String>> {
-    if only_if_changed && !s.live.changed_on_disk() {
-        return None;
-    }
-    systemd::reloading();
-    let live = s.live.clone();
-    let result = tokio::task::spawn_blocking(move || live.reload(false))
-        .await
-        .unwrap_or_else(|e| {
-            Err(ConfigError {
-                line: 0,
-                column: 0,
-                key: None,
-                message: format!("reload panicked: {e}"),
-            })
-        });
-    Some(match result {
-        Ok(None) => Ok("no config file; running on the embedded defaults".into()),
-        Ok(Some(r)) => {
-            s.telemetry.reload_outcome(true);
-            for w in &r.warnings {
-                tracing::warn!("config: {w}");
-            }
-            let mut msg = String::from("config reloaded");
-            let mut failed = false;
-            if r.listeners_changed {
-                match apply_listeners(s, passed).await {
-                    Ok(()) => msg.push_str("; listeners updated"),
-                    Err(e) => {
-                        failed = true;
-                        tracing::error!(error = %e, "listener change failed; the old listeners keep running");
-                        msg.push_str(&format!(
-                            "; listener change failed ({e}), old listeners kept"
-                        ));
-                    }
-                }
-            }
-            // [http] address, TLS and limits apply at start only.
-            let http_pending = s.started.config.http_differs(&s.live.load().config);
-            if http_pending {
-                tracing::warn!("[http] listen/TLS/limit changes take effect at the next restart");
-                msg.push_str("; [http] changes need a restart");
-            }
-            s.telemetry
-                .restart_required
-                .set(i64::from(failed || http_pending));
-            tracing::info!("{msg}");
-            Ok(msg)
-        }
-        Err(e) => {
-            s.telemetry.reload_outcome(false);
-            tracing::error!(error = %e, file = ?s.live.path(), "config reload failed; the running config stays");
-            Err(format!("config reload failed: {e}"))
-        }
-    })
-}
-
-/// Brings the running listeners in line with the config: binds new ones first, and only then
-/// stops the ones that went away. A bind failure leaves every old listener running.
+/// Brings the running listeners in line with the config. Every configured listener that is
+/// not running is bound; one that cannot be is reported (`tallyd_listener_up` 0) and retried
+/// every [`LISTENER_RETRY`]. Listeners the config no longer has are stopped only once every
+/// configured one is bound, so a failed change never leaves fewer listeners than before,
+/// except where a new TCP or Unix listener takes the address of an old one: the old one is
+/// stopped first (a stream address cannot be bound twice).
 pub(super) async fn apply_listeners(s: &Shared, passed: &[Passed]) -> Result<(), String> {
     let cfg = s.live.load();
     let want = Key::all(&cfg.config);
-    let have: Vec<Key> = crate::sync::lock(&s.listeners).keys().cloned().collect();
-    let mut added = Vec::new();
-    for k in want.iter().filter(|k| !have.contains(k)) {
+    let mut failed = Vec::new();
+    for k in &want {
+        if crate::sync::lock(&s.listeners).contains_key(k) {
+            continue;
+        }
+        let displaced: Vec<Running> = {
+            let mut map = crate::sync::lock(&s.listeners);
+            let same: Vec<Key> = map
+                .keys()
+                .filter(|h| !want.contains(h) && h.same_stream_address(k))
+                .cloned()
+                .collect();
+            same.iter().filter_map(|h| map.remove(h)).collect()
+        };
+        if !displaced.is_empty() {
+            let _ =
+                tokio::task::spawn_blocking(move || displaced.into_iter().for_each(Running::stop))
+                    .await;
+        }
         match start_listener(k, passed, s) {
-            Ok(r) => added.push((k.clone(), r)),
+            Ok(r) => {
+                s.telemetry
+                    .listener_up
+                    .with_label_values(&[&k.label()])
+                    .set(1);
+                crate::sync::lock(&s.listeners).insert(k.clone(), r);
+            }
             Err(e) => {
-                let undo: Vec<Running> = added.into_iter().map(|(_, r)| r).collect();
-                let _ =
-                    tokio::task::spawn_blocking(move || undo.into_iter().for_each(Running::stop))
-                        .await;
-                return Err(format!("{k:?}: {e}"));
+                s.telemetry
+                    .listener_up
+                    .with_label_values(&[&k.label()])
+                    .set(0);
+                failed.push(format!("{}: {e}", k.label()));
             }
         }
     }
-    let removed: Vec<Running> = {
-        let mut map = crate::sync::lock(&s.listeners);
-        for (k, r) in added {
-            map.insert(k, r);
-        }
-        let gone: Vec<Key> = map.keys().filter(|k| !want.contains(k)).cloned().collect();
-        gone.iter().filter_map(|k| map.remove(k)).collect()
-    };
-    for r in &removed {
-        tracing::info!(listener = %r.label, "listener removed");
+    if !failed.is_empty() {
+        return Err(failed.join("; "));
     }
-    let _ = tokio::task::spawn_blocking(move || removed.into_iter().for_each(Running::stop)).await;
+    let removed: Vec<(Key, Running)> = {
+        let mut map = crate::sync::lock(&s.listeners);
+        let gone: Vec<Key> = map.keys().filter(|k| !want.contains(k)).cloned().collect();
+        gone.into_iter()
+            .filter_map(|k| map.remove(&k).map(|r| (k, r)))
+            .collect()
+    };
+    for (k, r) in &removed {
+        tracing::info!(listener = %r.label, "listener removed");
+        if !want.iter().any(|w| w.label() == k.label()) {
+            let _ = s.telemetry.listener_up.remove_label_values(&[&k.label()]);
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        removed.into_iter().for_each(|(_, r)| Running::stop(r))
+    })
+    .await;
     Ok(())
 }

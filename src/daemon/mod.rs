@@ -52,6 +52,9 @@ pub struct Options {
     /// Each signal received asks for a reload (the binary: SIGHUP). Installed before
     /// `READY=1`, since systemd may send it as soon as it sees that.
     pub hangup: Option<tokio::signal::unix::Signal>,
+    /// Applies `[log]` live on reload; without it a `[log]` change waits for a restart (and
+    /// says so in `tallyd_config_restart_required`).
+    pub log_reload: Option<LogReload>,
 }
 
 impl Options {
@@ -66,6 +69,7 @@ impl Options {
             http_listener: None,
             shutdown: None,
             hangup: None,
+            log_reload: None,
         }
     }
 }
@@ -101,7 +105,29 @@ impl Key {
         v.extend(c.unixgram.iter().cloned().map(Key::Unixgram));
         v
     }
+
+    /// The `listener` label: the configured address or path.
+    pub(crate) fn label(&self) -> String {
+        match self {
+            Key::Udp(u) => u.label(),
+            Key::Tcp(t) => format!("tcp://{}", t.listen),
+            Key::Unixgram(u) => format!("unixgram://{}", u.path.display()),
+        }
+    }
+
+    /// True if both are TCP listeners on one address or Unix listeners on one path: two
+    /// sockets cannot hold it at once (UDP ones can, through SO_REUSEPORT).
+    pub(crate) fn same_stream_address(&self, other: &Key) -> bool {
+        match (self, other) {
+            (Key::Tcp(a), Key::Tcp(b)) => a.listen == b.listen && a.listen.port() != 0,
+            (Key::Unixgram(a), Key::Unixgram(b)) => a.path == b.path,
+            _ => false,
+        }
+    }
 }
+
+/// Applies a new `[log]` section to the running logger (the binary's; none in tests).
+pub type LogReload = Arc<dyn Fn(&crate::config::Log) -> Result<(), String> + Send + Sync>;
 
 type Listeners = Arc<std::sync::Mutex<HashMap<Key, Running>>>;
 
@@ -130,6 +156,8 @@ pub(crate) struct Shared {
     stop_tx: watch::Sender<bool>,
     /// The config the daemon started with (settings that apply at start only).
     started: Arc<Snapshot>,
+    /// Applies `[log]` live, if the logger can.
+    log_reload: Option<LogReload>,
 }
 
 /// A running daemon.
@@ -140,7 +168,6 @@ pub struct Daemon {
     control_task: tokio::task::JoinHandle<()>,
     http_task: tokio::task::JoinHandle<()>,
     background: Vec<tokio::task::JoinHandle<()>>,
-    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Daemon {
@@ -174,6 +201,7 @@ impl Daemon {
             control: control.clone(),
             stop_tx,
             started: live.load(),
+            log_reload: opts.log_reload,
         };
         let passed = opts.passed;
         let given = opts.http_listener.or_else(|| {
@@ -269,10 +297,7 @@ impl Daemon {
         let _ = self
             .shared
             .control
-            .send(Control::Reload {
-                only_if_changed: false,
-                reply: Some(tx),
-            })
+            .send(Control::Reload { reply: Some(tx) })
             .await;
         rx.await.unwrap_or_else(|_| Err("daemon stopped".into()))
     }
@@ -364,7 +389,7 @@ impl Starting {
                         Running::stop(r);
                     }
                     let _ = s.stop_tx.send(true);
-                    return Err(bind_err(&format!("{key:?}"), e));
+                    return Err(bind_err(&key.label(), e));
                 }
             }
         }
@@ -376,6 +401,19 @@ impl Starting {
             tracing::warn!(name = %p.name, addr = ?p.addr, path = ?p.path, "a socket passed by systemd matches no listener; kept unread for a later reload");
         }
         let labels: Vec<String> = started.values().map(|r| r.label.clone()).collect();
+        for k in started.keys() {
+            s.telemetry
+                .listener_up
+                .with_label_values(&[&k.label()])
+                .set(1);
+        }
+        let bound: Vec<String> = started
+            .values()
+            .map(|r| match r.addr {
+                Some(a) if r.label.starts_with("udp://") => format!("udp://{a}"),
+                _ => r.label.clone(),
+            })
+            .collect();
         *crate::sync::lock(&s.listeners) = started;
         // Signal handlers and the file watcher go in before READY=1: systemd may send SIGHUP
         // (`systemctl reload`) as soon as it sees READY, and an unhandled SIGHUP kills.
@@ -384,14 +422,12 @@ impl Starting {
             .map(|hup| control::forward_hangups(hup, s.control.clone()));
         let watcher = match (self.opts_watch, s.live.path()) {
             (true, Some(path)) => {
-                let tx = s.control.clone();
-                match crate::config::live::watch(path, move || {
-                    let _ = tx.try_send(Control::Reload {
-                        only_if_changed: true,
-                        reply: None,
-                    });
+                let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+                let (poke, pokes) = mpsc::channel(1);
+                match crate::config::live::ConfigWatch::new(&path, move || {
+                    let _ = poke.try_send(());
                 }) {
-                    Ok(w) => Some(w),
+                    Ok(w) => Some(control::watch_file(path, pokes, w, s.control.clone(), None)),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP instead");
                         None
@@ -402,7 +438,13 @@ impl Starting {
         };
         s.ready.set_ready(labels.clone());
         systemd::ready(&control::status(&s, "config loaded"));
-        tracing::info!(listeners = ?labels, "tallyd is ready");
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            config = %s.live.path().map_or_else(|| "embedded defaults".to_string(), |p| p.display().to_string()),
+            http = %self.http_addr,
+            listeners = %bound.join(" "),
+            "tallyd is ready"
+        );
 
         let mut background = Vec::new();
         // Expiry, off the hot path.
@@ -417,6 +459,9 @@ impl Starting {
             }
         }));
         if let Some(t) = hangups {
+            background.push(tokio::spawn(t));
+        }
+        if let Some(t) = watcher {
             background.push(tokio::spawn(t));
         }
         if let Some(f) = self.shutdown {
@@ -436,7 +481,6 @@ impl Starting {
             control_task,
             http_task: self.http_task,
             background,
-            _watcher: watcher,
         })
     }
 }

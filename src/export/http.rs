@@ -33,13 +33,13 @@ pub type ReloadReply = oneshot::Sender<Result<String, String>>;
 
 /// What the daemon's control loop is asked to do.
 pub enum Control {
-    /// Reload the config file. `only_if_changed` for file events; `reply` for HTTP.
+    /// Read the config file now and reload it (SIGHUP, `POST /-/reload`).
     Reload {
-        /// Skip (and count nothing) when the file's text did not change.
-        only_if_changed: bool,
         /// Where the outcome goes.
         reply: Option<ReloadReply>,
     },
+    /// The file watcher saw the config file settle: its text, or why it could not be read.
+    FileSettled(Result<String, crate::config::ConfigError>),
     /// Stop: close listeners, drain, answer.
     Shutdown(oneshot::Sender<()>),
 }
@@ -119,10 +119,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             let (tx, rx) = oneshot::channel();
             if state
                 .control
-                .send(Control::Reload {
-                    only_if_changed: false,
-                    reply: Some(tx),
-                })
+                .send(Control::Reload { reply: Some(tx) })
                 .await
                 .is_err()
             {

@@ -536,3 +536,54 @@ impl Drop for Sender {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// Waits until the spawned daemon's log has a line containing `needle`; a hang guard of
+/// [`DEADLINE`] fails the test with the log.
+pub async fn wait_log(d: &Spawned, needle: &str) {
+    let start = Instant::now();
+    loop {
+        let log = d.log();
+        if log.contains(needle) {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the log never said {needle:?}; log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The mapping rule the reloads add: `other.<x>` becomes `renamed_<x>_total`.
+pub const RENAME: &str = "[[mapping]]\nmatch = \"other.*\"\nname = \"renamed_$1\"\n";
+
+/// Sends `other.x:1|c` and scrapes until `renamed_x_total` shows (the new mapping took
+/// effect); fails after [`DEADLINE`], a hang guard. Returns the scrape.
+pub async fn wait_renamed(http: SocketAddr, udp: SocketAddr) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        send(udp, b"other.x:1|c");
+        let text = scrape(http).await;
+        if value(&text, "renamed_x_total").is_some() {
+            return text;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the new mapping never took effect (hang guard {DEADLINE:?}); last scrape:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stops the sender and waits until its counter shows exactly what it sent.
+pub async fn assert_nothing_lost(http: SocketAddr, sender: Sender) {
+    let sent = sender.stop();
+    assert!(sent > 10, "the sender barely ran ({sent} datagrams)");
+    wait_for(http, &[("steady_total", sent as f64)]).await;
+}
+
+/// `tallyd_config_reloads_total` by outcome, and whether the file in force runs whole.
+pub const SUCCESS: &str = r#"tallyd_config_reloads_total{outcome="success"}"#;
+pub const FAILURE: &str = r#"tallyd_config_reloads_total{outcome="failure"}"#;
+pub const PARTIAL: &str = r#"tallyd_config_reloads_total{outcome="partial"}"#;
+pub const LAST_OK: &str = "tallyd_config_last_reload_successful";
