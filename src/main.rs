@@ -20,7 +20,7 @@ use tallyd::daemon::{Daemon, Options, control};
 struct Cli {
     /// Config file (TOML). Without it, tallyd runs on its embedded defaults:
     /// UDP 127.0.0.1:8125 in, HTTP 127.0.0.1:9102 out.
-    #[arg(long, short, global = true)]
+    #[arg(long, short)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -31,11 +31,16 @@ struct Cli {
 enum Command {
     /// Run the daemon (the default).
     Run,
-    /// Validate a config file: exit 0 if good, else print each error with line and column and
-    /// exit 1. Warnings (shadowed mapping rules) are printed but do not fail.
+    /// Validate a config file as start and reload would: exit 0 if good, else print every
+    /// error with its line and column and exit 1. Warnings (rules that can never match) are
+    /// printed after errors and do not fail.
     CheckConfig {
+        /// The file to check (or give it with --config, as to run).
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        path: Option<PathBuf>,
         /// The file to check.
-        path: PathBuf,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -88,15 +93,15 @@ mod logging {
     }
 }
 
-fn check_config(path: &PathBuf) -> ExitCode {
-    let text = match std::fs::read_to_string(path) {
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let text = match tallyd::config::read_file(path) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("{}: cannot read: {e}", path.display());
+            eprintln!("{}: error: {e}", path.display());
             return ExitCode::FAILURE;
         }
     };
-    match Snapshot::from_toml(&text) {
+    match Snapshot::check(&text) {
         Ok(s) => {
             for w in &s.warnings {
                 eprintln!("{}: warning: {w}", path.display());
@@ -104,8 +109,16 @@ fn check_config(path: &PathBuf) -> ExitCode {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("{}: error: {e}", path.display());
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{}: error: {e}", path.display());
+            }
+            eprintln!(
+                "{}: {} error{}",
+                path.display(),
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" }
+            );
             ExitCode::FAILURE
         }
     }
@@ -118,7 +131,12 @@ fn main() {}
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::CheckConfig { path }) => return check_config(&path),
+        Some(Command::CheckConfig { path, config }) => {
+            return match path.or(config) {
+                Some(p) => check_config(&p),
+                None => ExitCode::FAILURE,
+            };
+        }
         Some(Command::Run) | None => {}
     }
     // Load once up front for the log settings; the daemon validates and loads it again.

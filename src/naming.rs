@@ -10,6 +10,18 @@ use crate::parse::tags::{TagError, TagErrors};
 /// The prefix of tallyd's own metrics; no StatsD family may start with it.
 pub const RESERVED_PREFIX: &str = "tallyd_";
 
+/// The process metrics tallyd exports beside its own (the Prometheus process collector's).
+pub const PROCESS_FAMILIES: [&str; 8] = [
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_virtual_memory_max_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 /// The Prometheus type a family was claimed with.
 pub enum FamilyKind {

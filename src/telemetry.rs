@@ -27,17 +27,18 @@ pub enum ReloadOutcome {
 pub struct Telemetry {
     /// The registry rendered at the end of `/metrics`.
     pub registry: Registry,
-    /// `tallyd_datagrams_received_total{listener}`.
+    /// `tallyd_datagrams_received_total{listener}`: datagram listeners (UDP, Unix datagram).
     pub datagrams: IntCounterVec,
-    /// `tallyd_lines_received_total{listener}`.
+    /// `tallyd_lines_received_total{listener}`: every listener.
     pub lines: IntCounterVec,
-    /// `tallyd_bytes_received_total{listener}`.
+    /// `tallyd_bytes_received_total{listener}`: every listener.
     pub bytes: IntCounterVec,
-    /// `tallyd_udp_datagrams_truncated_total{listener}`.
+    /// `tallyd_datagrams_truncated_total{listener}`: datagram listeners (UDP, Unix datagram).
     pub truncated: IntCounterVec,
-    /// `tallyd_udp_receive_buffer_bytes{listener}`: SO_RCVBUF as granted by the kernel.
+    /// `tallyd_udp_receive_buffer_bytes{listener}`: a UDP socket's SO_RCVBUF as the kernel
+    /// reports it (on Linux twice the size granted).
     pub recv_buffer: IntGaugeVec,
-    /// `tallyd_udp_kernel_drops_total{listener}` (read from the sockets at scrape time).
+    /// `tallyd_udp_kernel_drops_total{listener}` (read from the UDP sockets at scrape time).
     pub kernel_drops: IntCounterVec,
     /// `tallyd_parse_errors_total{reason}`.
     pub parse_errors: Vec<IntCounter>,
@@ -79,10 +80,14 @@ pub struct Telemetry {
     pub restart_required: IntGauge,
     /// `tallyd_listener_up{listener}`.
     pub listener_up: IntGaugeVec,
-    /// `tallyd_tcp_connections{listener}`.
+    /// `tallyd_tcp_connections{listener}`: open now.
     pub tcp_connections: IntGaugeVec,
+    /// `tallyd_tcp_connections_accepted_total{listener}`: accepted and served.
+    pub tcp_accepted: IntCounterVec,
     /// `tallyd_tcp_connections_refused_total{listener}`.
     pub tcp_refused: IntCounterVec,
+    /// `tallyd_tcp_lines_too_long_total{listener}`.
+    pub tcp_too_long: IntCounterVec,
     /// `tallyd_scrape_errors_total`: writes to a scraper that failed mid-response.
     pub scrape_errors: IntCounter,
 }
@@ -195,37 +200,42 @@ impl Telemetry {
             datagrams: counter_vec(
                 &r,
                 "tallyd_datagrams_received_total",
-                "Datagrams (or stream chunks) received, by listener.",
+                "Datagrams received by a datagram listener (UDP, Unix datagram).",
                 "listener",
             ),
             lines: counter_vec(
                 &r,
                 "tallyd_lines_received_total",
-                "Lines received, good or bad, by listener.",
+                "Lines received, good or bad, by listener (every transport).",
                 "listener",
             ),
             bytes: counter_vec(
                 &r,
                 "tallyd_bytes_received_total",
-                "Payload bytes received, by listener.",
+                "Payload bytes received, by listener (every transport).",
                 "listener",
             ),
             truncated: counter_vec(
                 &r,
-                "tallyd_udp_datagrams_truncated_total",
-                "Datagrams longer than max_datagram_size; their last line was dropped.",
+                "tallyd_datagrams_truncated_total",
+                "Datagrams longer than a datagram listener reads (UDP: max_datagram_size; Unix \
+                 datagram: 64 KiB); their last line was dropped.",
                 "listener",
             ),
             recv_buffer: gauge_vec(
                 &r,
                 "tallyd_udp_receive_buffer_bytes",
-                "SO_RCVBUF as granted by the kernel, per socket.",
+                "A UDP socket's receive buffer as the kernel reports it (SO_RCVBUF read back, \
+                 as ss -m shows it): on Linux twice the size granted, which is the recv_buffer asked \
+                 for unless net.core.rmem_max capped it. Datagrams are dropped when what they \
+                 take in the queue reaches it.",
                 "listener",
             ),
             kernel_drops: counter_vec(
                 &r,
                 "tallyd_udp_kernel_drops_total",
-                "Datagrams the kernel dropped because a socket's receive buffer was full (SO_MEMINFO).",
+                "Datagrams the kernel dropped because a UDP socket's receive buffer was full \
+                 (SO_MEMINFO).",
                 "listener",
             ),
             parse_errors,
@@ -304,10 +314,23 @@ impl Telemetry {
                 "Open TCP connections.",
                 "listener",
             ),
+            tcp_accepted: counter_vec(
+                &r,
+                "tallyd_tcp_connections_accepted_total",
+                "TCP connections accepted and read from (not those refused at max_connections).",
+                "listener",
+            ),
             tcp_refused: counter_vec(
                 &r,
                 "tallyd_tcp_connections_refused_total",
-                "TCP connections refused at the cap.",
+                "TCP connections closed at once because max_connections were open.",
+                "listener",
+            ),
+            tcp_too_long: counter_vec(
+                &r,
+                "tallyd_tcp_lines_too_long_total",
+                "TCP lines longer than max_line_length, dropped unread (also counted in \
+                 tallyd_parse_errors_total{reason=\"line_too_long\"}).",
                 "listener",
             ),
             scrape_errors: counter(

@@ -173,21 +173,25 @@ fn check_config_accepts_good_files() {
 #[test]
 fn check_config_reports_line_column_and_key() {
     for (text, place, key) in [
-        ("[http]\nlisten = \"nope\"\n", "line 2, column 10", "listen"),
+        (
+            "[http]\nlisten = \"nope\"\n",
+            "line 2, column 10",
+            "http.listen",
+        ),
         (
             "[limits]\nmax_series = 5\nbogus = 1\n",
             "line 3, column 1",
-            "bogus",
+            "limits.bogus",
         ),
         (
             "[defaults]\nttl = \"10 parsecs\"\n",
             "line 2, column 7",
-            "ttl",
+            "defaults.ttl",
         ),
         (
             "[[udp]]\nworkers = \"many\"\n",
             "line 2, column 11",
-            "workers",
+            "udp[0].workers",
         ),
         (
             "[[mapping]]\nmatch = \"a.*\"\nname = \"x_$2\"\n",

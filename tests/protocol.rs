@@ -694,7 +694,7 @@ async fn truncated_datagram_drops_only_its_cut_line() {
     .await;
     assert!(!text.contains("cut"), "{text}");
     assert_eq!(
-        family_sum(&text, "tallyd_udp_datagrams_truncated_total"),
+        family_sum(&text, "tallyd_datagrams_truncated_total"),
         1.0,
         "{text}"
     );
@@ -727,7 +727,7 @@ async fn tcp_lines_long_line_and_final_line_without_newline() {
         ],
     )
     .await;
-    assert!(!text.contains("long_total"), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("long_total")), "{text}");
 
     // The long line spread over several writes on one connection; the next line still counts.
     let mut s = std::net::TcpStream::connect(tcp).expect("connect");
@@ -750,10 +750,30 @@ async fn tcp_lines_long_line_and_final_line_without_newline() {
         ],
     )
     .await;
-    assert!(!text.contains("long_total"), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("long_total")), "{text}");
     assert_eq!(
         failures(&text),
         vec![(r#"tallyd_parse_errors_total{reason="line_too_long"}"#, 2.0)],
+        "{text}"
+    );
+    // Counted per listener too, with the connections; a stream has no datagrams.
+    let listener = format!("{{listener=\"tcp://{tcp}\"}}");
+    assert_eq!(
+        value(&text, &format!("tallyd_tcp_lines_too_long_total{listener}")),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("tallyd_tcp_connections_accepted_total{listener}")
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, &format!("tallyd_datagrams_received_total{listener}")),
+        None,
         "{text}"
     );
     t.stop().await;

@@ -486,6 +486,17 @@ fn socket_activation_restart_loses_nothing() {
     let b = send_batch(&sender, addr, "act_b", 40, 10);
     let text = d1.wait_for(&[("act_a_total", a), ("act_b_total", b)]);
     let counted_by_1 = value(&text, "act_a_total").unwrap() + value(&text, "act_b_total").unwrap();
+    // The passed socket's receive buffer (its unit's ReceiveBuffer= sets it, not tallyd) is
+    // reported as the kernel reports it.
+    let kernel = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
+    assert_eq!(
+        value(
+            &text,
+            &format!("tallyd_udp_receive_buffer_bytes{{listener=\"udp://{addr}\"}}")
+        ),
+        Some(kernel as f64),
+        "{text}"
+    );
 
     // Restart: stop daemon 1; C is sent while no daemon runs; daemon 2 gets the same fd.
     d1.signal(libc::SIGTERM);

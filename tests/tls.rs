@@ -120,7 +120,7 @@ fn plain_passwords_and_half_tls_are_refused() {
     let e = Config::from_toml("[http.basic_auth_users]\nprom = \"hunter2\"\n").unwrap_err();
     assert_eq!(e.line, 2, "{e}");
     assert!(
-        e.message.contains("bcrypt") && e.key.as_deref() == Some("prom"),
+        e.message.contains("bcrypt") && e.key.as_deref() == Some("http.basic_auth_users"),
         "{e}"
     );
     let e = Config::from_toml("[http]\ntls_cert_file = \"/x.pem\"\n").unwrap_err();

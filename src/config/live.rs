@@ -26,15 +26,31 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Parses, validates and compiles a config file's text.
+    /// Parses, validates and compiles a config file's text; the first error if any.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config = Config::from_toml(text)?;
-        let (mapper, warnings) = Mapper::compile(&config.mapping, text)?;
-        Ok(Self {
-            config,
-            mapper,
-            warnings,
-        })
+        Self::check(text).map_err(|mut e| e.swap_remove(0))
+    }
+
+    /// Parses, validates and compiles a config file's text, reporting every error (the
+    /// mapping rules' once the rest of the file is valid), in file order.
+    pub fn check(text: &str) -> Result<Self, Vec<ConfigError>> {
+        let (config, mut errors) = Config::check_partial(text);
+        let Some(config) = config else {
+            return Err(errors);
+        };
+        match Mapper::compile(&config.mapping, text) {
+            Ok((mapper, warnings)) if errors.is_empty() => Ok(Self {
+                config,
+                mapper,
+                warnings,
+            }),
+            Ok(_) => Err(errors),
+            Err(more) => {
+                errors.extend(more);
+                errors.sort_by_key(|e| (e.line, e.column));
+                Err(errors)
+            }
+        }
     }
 
     /// The embedded defaults.

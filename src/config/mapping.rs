@@ -201,6 +201,30 @@ pub enum Mapped {
 }
 
 /// Translates a glob into an anchored regex: `*` becomes one segment's worth of characters.
+/// Why a rule's `name` template would only ever name a reserved family (tallyd's own
+/// metrics), if it would: every sample it maps would be refused as `reserved_name`.
+fn reserved_template(name: &str, kind: Option<RuleKind>) -> Option<String> {
+    let literal = name.split('$').next().unwrap_or("");
+    if crate::naming::metric_name(literal).starts_with(crate::naming::RESERVED_PREFIX) {
+        return Some(format!(
+            "{name:?} names tallyd's own metrics ({}*)",
+            crate::naming::RESERVED_PREFIX
+        ));
+    }
+    if name.contains('$') {
+        return None;
+    }
+    let base = crate::naming::metric_name(name);
+    let mut families = vec![base.clone()];
+    if matches!(kind, None | Some(RuleKind::Counter)) {
+        families.push(crate::naming::counter_family(base));
+    }
+    families
+        .iter()
+        .find(|f| crate::naming::PROCESS_FAMILIES.contains(&f.as_str()))
+        .map(|f| format!("{f:?} is one of tallyd's own metrics"))
+}
+
 fn glob_to_regex(glob: &str) -> Result<String, String> {
     if glob.is_empty() {
         return Err("empty glob".into());
@@ -298,7 +322,7 @@ impl Mapper {
     pub fn compile(
         rules: &[MappingRule],
         text: &str,
-    ) -> Result<(Self, Vec<ConfigError>), ConfigError> {
+    ) -> Result<(Self, Vec<ConfigError>), Vec<ConfigError>> {
         let err = |span: std::ops::Range<usize>, key: &str, message: String| {
             let (line, column) = line_col(text, span.start);
             ConfigError {
@@ -311,114 +335,155 @@ impl Mapper {
         let mut compiled = Vec::with_capacity(rules.len());
         let mut sources = Vec::with_capacity(rules.len());
         let mut warnings = Vec::new();
+        let mut errors = Vec::new();
         for (idx, r) in rules.iter().enumerate() {
-            let (pattern, span, key) = match (&r.glob, &r.regex) {
-                (Some(g), None) => (
-                    glob_to_regex(g.get_ref()).map_err(|m| err(g.span(), "match", m))?,
-                    g.span(),
-                    "match",
-                ),
-                (None, Some(re)) => (anchored(re.get_ref()), re.span(), "regex"),
-                (Some(g), Some(_)) => {
-                    return Err(err(
+            // One rule's checks; its first error is reported and the next rule checked.
+            let one = (|| -> Result<(String, Rule), ConfigError> {
+                let (pattern, span, key) = match (&r.glob, &r.regex) {
+                    (Some(g), None) => (
+                        glob_to_regex(g.get_ref()).map_err(|m| err(g.span(), "match", m))?,
                         g.span(),
                         "match",
-                        "a rule has either `match` or `regex`, not both".into(),
-                    ));
-                }
-                (None, None) => {
-                    let at = text
-                        .match_indices("[[mapping]]")
-                        .nth(idx)
-                        .map_or(0, |(i, _)| i);
-                    return Err(err(
-                        at..at,
-                        "match",
-                        "a rule needs `match` (glob) or `regex`".into(),
-                    ));
-                }
-            };
-            let regex = Regex::new(&pattern)
-                .map_err(|e| err(span.clone(), key, format!("invalid pattern: {e}")))?;
-            let name = match (&r.name, r.action) {
-                (Some(n), _) => {
-                    check_refs(n.get_ref(), &regex).map_err(|m| err(n.span(), "name", m))?;
-                    if n.get_ref().is_empty() {
-                        return Err(err(n.span(), "name", "must not be empty".into()));
+                    ),
+                    (None, Some(re)) => (anchored(re.get_ref()), re.span(), "regex"),
+                    (Some(g), Some(_)) => {
+                        return Err(err(
+                            g.span(),
+                            "match",
+                            "a rule has either `match` or `regex`, not both".into(),
+                        ));
                     }
-                    n.get_ref().clone()
+                    (None, None) => {
+                        let at = text
+                            .match_indices("[[mapping]]")
+                            .nth(idx)
+                            .map_or(0, |(i, _)| i);
+                        return Err(err(
+                            at..at,
+                            "match",
+                            "a rule needs `match` (glob) or `regex`".into(),
+                        ));
+                    }
+                };
+                if let Some(re) = &r.regex {
+                    // The user's own pattern in the message, not the anchored one compiled below.
+                    Regex::new(re.get_ref())
+                        .map_err(|e| err(re.span(), "regex", format!("invalid regex: {e}")))?;
                 }
-                (None, Action::Drop) => String::new(),
-                (None, Action::Map) => {
+                let regex = Regex::new(&pattern)
+                    .map_err(|e| err(span.clone(), key, format!("invalid pattern: {e}")))?;
+                let name = match (&r.name, r.action) {
+                    (Some(n), Action::Drop) => {
+                        return Err(err(
+                            n.span(),
+                            "name",
+                            "a rule with action = \"drop\" names nothing; remove `name`".into(),
+                        ));
+                    }
+                    (Some(n), Action::Map) => {
+                        if let Some(m) = reserved_template(n.get_ref(), r.kind) {
+                            return Err(err(n.span(), "name", m));
+                        }
+                        check_refs(n.get_ref(), &regex).map_err(|m| err(n.span(), "name", m))?;
+                        if n.get_ref().is_empty() {
+                            return Err(err(n.span(), "name", "must not be empty".into()));
+                        }
+                        n.get_ref().clone()
+                    }
+                    (None, Action::Drop) => String::new(),
+                    (None, Action::Map) => {
+                        return Err(err(
+                            span,
+                            key,
+                            "a rule with action = \"map\" needs a `name`".into(),
+                        ));
+                    }
+                };
+                let mut labels = Vec::new();
+                if let Some(l) = &r.labels {
+                    for (k, v) in l.get_ref() {
+                        if !is_label_name(k) || k.starts_with("__") {
+                            return Err(err(
+                                l.span(),
+                                "labels",
+                                format!("{k:?} is not a valid label name"),
+                            ));
+                        }
+                        check_refs(v, &regex).map_err(|m| err(l.span(), "labels", m))?;
+                        let observes = matches!(r.kind, None | Some(RuleKind::Observer));
+                        let summary = r.observer == Some(ObserverKind::Summary);
+                        if observes && ((k == "le" && !summary) || (k == "quantile" && summary)) {
+                            return Err(err(
+                                l.span(),
+                                "labels",
+                                format!(
+                                    "{k:?} is the exposition's own label on this rule's {}; name it otherwise",
+                                    if k == "le" {
+                                        "histogram buckets"
+                                    } else {
+                                        "summary quantiles"
+                                    }
+                                ),
+                            ));
+                        }
+                        labels.push((k.clone(), v.clone()));
+                    }
+                }
+                if r.observer.is_some() && matches!(r.kind, Some(k) if k != RuleKind::Observer) {
+                    return Err(err(
+                    span,
+                    key,
+                    "`observer` applies to timers, histograms and distributions; this rule's `type` admits none".into(),
+                ));
+                }
+                if r.observer != Some(ObserverKind::Summary)
+                    && (r.quantiles.is_some() || r.window.is_some())
+                {
                     return Err(err(
                         span,
                         key,
-                        "a rule with action = \"map\" needs a `name`".into(),
+                        "`quantiles` and `window` apply only with observer = \"summary\"".into(),
                     ));
                 }
-            };
-            let mut labels = Vec::new();
-            if let Some(l) = &r.labels {
-                for (k, v) in l.get_ref() {
-                    if !is_label_name(k) || k.starts_with("__") {
-                        return Err(err(
-                            l.span(),
-                            "labels",
-                            format!("{k:?} is not a valid label name"),
-                        ));
-                    }
-                    check_refs(v, &regex).map_err(|m| err(l.span(), "labels", m))?;
-                    labels.push((k.clone(), v.clone()));
+                if r.window.is_some_and(|w| w < Duration::from_secs(2)) {
+                    return Err(err(
+                        span,
+                        key,
+                        "a summary window must be at least 2s".into(),
+                    ));
                 }
-            }
-            if r.observer != Some(ObserverKind::Summary)
-                && (r.quantiles.is_some() || r.window.is_some())
-            {
-                return Err(err(
-                    span,
-                    key,
-                    "`quantiles` and `window` apply only with observer = \"summary\"".into(),
-                ));
-            }
-            if r.window.is_some_and(|w| w < Duration::from_secs(2)) {
-                return Err(err(
-                    span,
-                    key,
-                    "a summary window must be at least 2s".into(),
-                ));
-            }
-            if let Some(s) = r.scale
-                && !(s.is_finite() && s != 0.0)
-            {
-                let at = text.match_indices("scale").next().map_or(0, |(i, _)| i);
-                return Err(err(
-                    at..at,
-                    "scale",
-                    "must be a finite, non-zero number".into(),
-                ));
-            }
-            // A rule is shadowed when an earlier rule with a filter at least as wide matches a
-            // superset of its names: the same pattern, a catch-all, or a glob that is
-            // segment-wise at least as general.
-            for (j, prev) in rules[..idx].iter().enumerate() {
-                let wider_type = prev.kind.is_none() || prev.kind == r.kind;
-                if wider_type {
-                    let covers = match (&prev.glob, &r.glob, &prev.regex) {
-                        (Some(pg), Some(g), _) => glob_covers(pg.get_ref(), g.get_ref()),
-                        (_, _, Some(pr)) => {
-                            matches!(
-                                pr.get_ref().as_str(),
-                                ".*" | "^.*$" | "^.*" | ".*$" | "(.*)" | "^(.*)$"
-                            ) || r
-                                .regex
-                                .as_ref()
-                                .is_some_and(|re| re.get_ref() == pr.get_ref())
-                        }
-                        _ => false,
-                    };
-                    if covers {
-                        let (line, column) = line_col(text, span.start);
-                        warnings.push(ConfigError {
+                if let Some(s) = r.scale
+                    && !(s.is_finite() && s != 0.0)
+                {
+                    let at = text.match_indices("scale").next().map_or(0, |(i, _)| i);
+                    return Err(err(
+                        at..at,
+                        "scale",
+                        "must be a finite, non-zero number".into(),
+                    ));
+                }
+                // A rule is shadowed when an earlier rule with a filter at least as wide matches a
+                // superset of its names: the same pattern, a catch-all, or a glob that is
+                // segment-wise at least as general.
+                for (j, prev) in rules[..idx].iter().enumerate() {
+                    let wider_type = prev.kind.is_none() || prev.kind == r.kind;
+                    if wider_type {
+                        let covers = match (&prev.glob, &r.glob, &prev.regex) {
+                            (Some(pg), Some(g), _) => glob_covers(pg.get_ref(), g.get_ref()),
+                            (_, _, Some(pr)) => {
+                                matches!(
+                                    pr.get_ref().as_str(),
+                                    ".*" | "^.*$" | "^.*" | ".*$" | "(.*)" | "^(.*)$"
+                                ) || r
+                                    .regex
+                                    .as_ref()
+                                    .is_some_and(|re| re.get_ref() == pr.get_ref())
+                            }
+                            _ => false,
+                        };
+                        if covers {
+                            let (line, column) = line_col(text, span.start);
+                            warnings.push(ConfigError {
                             line,
                             column,
                             key: Some(format!("mapping.{key}")),
@@ -429,35 +494,52 @@ impl Mapper {
                                 line_col(text, prev.glob.as_ref().or(prev.regex.as_ref()).map_or(0, |s| s.span().start)).0
                             ),
                         });
-                        break;
+                            break;
+                        }
                     }
                 }
+                Ok((
+                    pattern,
+                    Rule {
+                        regex,
+                        kind: r.kind,
+                        name,
+                        labels,
+                        action: r.action,
+                        ttl: r.ttl,
+                        buckets: r.buckets.as_ref().map(|b| Arc::from(b.as_slice())),
+                        help: r.help.as_deref().map(Arc::from),
+                        scale: r.scale,
+                        summary: (r.observer == Some(ObserverKind::Summary)).then(|| SummarySpec {
+                            quantiles: Arc::from(
+                                r.quantiles.as_deref().unwrap_or(&[0.5, 0.9, 0.99]),
+                            ),
+                            window: r.window.unwrap_or(Duration::from_secs(600)),
+                        }),
+                    },
+                ))
+            })();
+            match one {
+                Ok((pattern, rule)) => {
+                    sources.push(pattern);
+                    compiled.push(rule);
+                }
+                Err(e) => errors.push(e),
             }
-            sources.push(pattern);
-            compiled.push(Rule {
-                regex,
-                kind: r.kind,
-                name,
-                labels,
-                action: r.action,
-                ttl: r.ttl,
-                buckets: r.buckets.as_ref().map(|b| Arc::from(b.as_slice())),
-                help: r.help.as_deref().map(Arc::from),
-                scale: r.scale,
-                summary: (r.observer == Some(ObserverKind::Summary)).then(|| SummarySpec {
-                    quantiles: Arc::from(r.quantiles.as_deref().unwrap_or(&[0.5, 0.9, 0.99])),
-                    window: r.window.unwrap_or(Duration::from_secs(600)),
-                }),
-            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         let set = if sources.is_empty() {
             None
         } else {
-            Some(RegexSet::new(&sources).map_err(|e| ConfigError {
-                line: 0,
-                column: 0,
-                key: Some("mapping".into()),
-                message: format!("mapping rules too large to compile together: {e}"),
+            Some(RegexSet::new(&sources).map_err(|e| {
+                vec![ConfigError {
+                    line: 0,
+                    column: 0,
+                    key: Some("mapping".into()),
+                    message: format!("mapping rules too large to compile together: {e}"),
+                }]
             })?)
         };
         Ok((
@@ -598,7 +680,7 @@ mod tests {
             ),
         ] {
             let c = Config::from_toml(text).unwrap();
-            let e = Mapper::compile(&c.mapping, text).unwrap_err();
+            let e = Mapper::compile(&c.mapping, text).unwrap_err().remove(0);
             assert_eq!((e.line, e.key.as_deref()), (line, Some(key)), "{text}: {e}");
         }
     }

@@ -10,6 +10,7 @@
 //! published whole through the [`crate::sync::Cell`] (arc-swap), so a bad file never replaces a
 //! good one and workers never take a lock to read the config.
 
+mod check;
 pub mod live;
 pub mod mapping;
 
@@ -382,11 +383,25 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// Parses and validates a whole file.
+    /// Parses and validates a whole file; the first error if there are any ([`Config::check`]
+    /// has them all).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| locate(text, &e))?;
-        config.validate(text)?;
-        Ok(config)
+        Self::check(text).map_err(|mut e| e.swap_remove(0))
+    }
+
+    /// Parses and validates a whole file, reporting every error it has, in file order, each at
+    /// its key's line and column.
+    pub fn check(text: &str) -> Result<Self, Vec<ConfigError>> {
+        match check::check(text) {
+            (Some(config), errors) if errors.is_empty() => Ok(config),
+            (_, errors) => Err(errors),
+        }
+    }
+
+    /// [`Config::check`], and the config read from the rest of the file when it has errors (the
+    /// keys in error left out), for checks that need one (the mapping rules').
+    pub fn check_partial(text: &str) -> (Option<Self>, Vec<ConfigError>) {
+        check::check(text)
     }
 
     /// Reads, parses and validates the file at `path`.
@@ -395,69 +410,115 @@ impl Config {
         Ok((Self::from_toml(&text)?, text))
     }
 
-    /// Checks that span several keys (they cannot fail while deserialising one value).
-    fn validate(&self, text: &str) -> Result<(), ConfigError> {
-        let at = |needle: &str, nth: usize, message: String| {
-            let offset = text.match_indices(needle).nth(nth).map_or(0, |(i, _)| i);
-            let (line, column) = line_col(text, offset);
-            ConfigError {
-                line,
-                column,
-                key: Some(needle.trim_matches(|c| c == '[' || c == ']').to_string()),
-                message,
-            }
+    /// Checks that span several keys, or the world outside the file (they cannot fail while
+    /// deserialising one value): every failure, each at its key.
+    fn validate(&self, tree: &check::Tree<'_>) -> Vec<ConfigError> {
+        use check::Step::{Index, Key};
+        let mut errors = Vec::new();
+        let mut err = |path: &[check::Step<'_>], message: String| {
+            errors.push(tree.error(path, message));
         };
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.udp.iter().enumerate() {
             if u.batch == 0 || u.batch > 1024 {
-                return Err(at("[[udp]]", i, "batch must be between 1 and 1024".into()));
+                err(
+                    &[Key("udp"), Index(i), Key("batch")],
+                    "must be between 1 and 1024".into(),
+                );
             }
             if u.max_datagram_size == 0 || u.max_datagram_size > 65536 {
-                return Err(at(
-                    "[[udp]]",
-                    i,
-                    "max_datagram_size must be between 1 and 64KiB".into(),
-                ));
+                err(
+                    &[Key("udp"), Index(i), Key("max_datagram_size")],
+                    "must be between 1 and 64KiB".into(),
+                );
             }
-            if !seen.insert(u.listen) {
-                return Err(at("[[udp]]", i, format!("{} is listed twice", u.listen)));
+            if u.listen.port() != 0 && !seen.insert(u.listen) {
+                err(
+                    &[Key("udp"), Index(i), Key("listen")],
+                    format!("{} is listed twice", u.listen),
+                );
             }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.tcp.iter().enumerate() {
-            if !seen.insert(t.listen) {
-                return Err(at("[[tcp]]", i, format!("{} is listed twice", t.listen)));
+            if t.listen.port() != 0 && !seen.insert(t.listen) {
+                err(
+                    &[Key("tcp"), Index(i), Key("listen")],
+                    format!("{} is listed twice", t.listen),
+                );
+            }
+            if t.listen.port() != 0 && t.listen == self.http.listen {
+                err(
+                    &[Key("tcp"), Index(i), Key("listen")],
+                    format!(
+                        "{} is also [http] listen: one address, one listener",
+                        t.listen
+                    ),
+                );
             }
             if t.max_connections == 0 {
-                return Err(at(
-                    "[[tcp]]",
-                    i,
-                    "max_connections must be at least 1".into(),
-                ));
+                err(
+                    &[Key("tcp"), Index(i), Key("max_connections")],
+                    "must be at least 1".into(),
+                );
             }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.unixgram.iter().enumerate() {
+            let at = [Key("unixgram"), Index(i), Key("path")];
             if !seen.insert(&u.path) {
-                return Err(at(
-                    "[[unixgram]]",
-                    i,
-                    format!("{} is listed twice", u.path.display()),
-                ));
+                err(&at, format!("{} is listed twice", u.path.display()));
+            }
+            // tallyd creates the socket, never the directory it goes in.
+            match u.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                Some(dir) if !dir.is_dir() => err(
+                    &at,
+                    format!(
+                        "the directory {} does not exist; tallyd does not create it",
+                        dir.display()
+                    ),
+                ),
+                _ => {}
             }
         }
         if self.limits.max_series == 0 {
-            return Err(at("max_series", 0, "must be at least 1".into()));
+            err(
+                &[Key("limits"), Key("max_series")],
+                "must be at least 1".into(),
+            );
         }
-        if self.http.tls_cert_file.is_some() != self.http.tls_key_file.is_some() {
-            return Err(at(
-                "tls_",
-                0,
-                "tls_cert_file and tls_key_file go together".into(),
-            ));
+        match (&self.http.tls_cert_file, &self.http.tls_key_file) {
+            (Some(_), None) => err(
+                &[Key("http"), Key("tls_cert_file")],
+                "tls_key_file is missing: the two go together".into(),
+            ),
+            (None, Some(_)) => err(
+                &[Key("http"), Key("tls_key_file")],
+                "tls_cert_file is missing: the two go together".into(),
+            ),
+            (Some(c), Some(k)) => {
+                for (key, file) in [("tls_cert_file", c), ("tls_key_file", k)] {
+                    if let Err(e) = std::fs::File::open(file) {
+                        err(
+                            &[Key("http"), Key(key)],
+                            format!("cannot read {}: {e}", file.display()),
+                        );
+                    }
+                }
+            }
+            (None, None) => {}
         }
         if self.http.max_connections == 0 {
-            return Err(at("max_connections", 0, "must be at least 1".into()));
+            err(
+                &[Key("http"), Key("max_connections")],
+                "must be at least 1".into(),
+            );
+        }
+        if self.defaults.set_window < Duration::from_secs(1) {
+            err(
+                &[Key("defaults"), Key("set_window")],
+                "must be at least 1s".into(),
+            );
         }
         let dd = &self.dogstatsd;
         for (key, name) in [
@@ -465,34 +526,30 @@ impl Config {
             ("service_checks_family", &dd.service_checks_family),
         ] {
             if name.is_empty() || crate::naming::metric_name(name) != *name {
-                return Err(at(
-                    key,
-                    0,
+                err(
+                    &[Key("dogstatsd"), Key(key)],
                     format!("{name:?} is not a Prometheus metric name"),
-                ));
-            }
-            if name.starts_with(crate::naming::RESERVED_PREFIX) {
-                return Err(at(key, 0, "tallyd_* names are tallyd's own metrics".into()));
+                );
+            } else if name.starts_with(crate::naming::RESERVED_PREFIX) {
+                err(
+                    &[Key("dogstatsd"), Key(key)],
+                    "tallyd_* names are tallyd's own metrics".into(),
+                );
             }
         }
         if !dd.events_family.ends_with("_total") {
-            return Err(at(
-                "events_family",
-                0,
+            err(
+                &[Key("dogstatsd"), Key("events_family")],
                 "a counter's name must end in _total".into(),
-            ));
+            );
         }
         if dd.events_family == dd.service_checks_family {
-            return Err(at(
-                "service_checks_family",
-                0,
+            err(
+                &[Key("dogstatsd"), Key("service_checks_family")],
                 "must differ from events_family".into(),
-            ));
+            );
         }
-        if self.defaults.set_window < Duration::from_secs(1) {
-            return Err(at("set_window", 0, "must be at least 1s".into()));
-        }
-        Ok(())
+        errors
     }
 
     /// True if the ingest listeners differ (they are re-bound on reload).
@@ -693,21 +750,59 @@ mod tests {
         let e = Config::from_toml("[http]\nlisten = \"nope\"\n").unwrap_err();
         assert_eq!(
             (e.line, e.column, e.key.as_deref()),
-            (2, 10, Some("listen"))
+            (2, 10, Some("http.listen"))
         );
         let e = Config::from_toml("[limits]\nmax_series = 5\nbogus = 1\n").unwrap_err();
-        assert_eq!((e.line, e.key.as_deref()), (3, Some("bogus")));
+        assert_eq!((e.line, e.key.as_deref()), (3, Some("limits.bogus")));
         assert!(e.message.contains("unknown field"), "{e}");
         let e = Config::from_toml("[defaults]\nttl = \"10 parsecs\"\n").unwrap_err();
-        assert_eq!((e.line, e.key.as_deref()), (2, Some("ttl")));
+        assert_eq!((e.line, e.key.as_deref()), (2, Some("defaults.ttl")));
         let e = Config::from_toml("[defaults]\ntimer_buckets = [1, 0.5]\n").unwrap_err();
-        assert_eq!((e.line, e.key.as_deref()), (2, Some("timer_buckets")));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (2, Some("defaults.timer_buckets"))
+        );
         let e = Config::from_toml("[http\n").unwrap_err();
         assert_eq!(e.line, 1);
         let e =
             Config::from_toml("[[udp]]\nlisten=\"127.0.0.1:1\"\n[[udp]]\nlisten=\"127.0.0.1:1\"\n")
                 .unwrap_err();
-        assert_eq!(e.line, 3, "{e}");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (4, Some("udp[1].listen")),
+            "{e}"
+        );
+    }
+
+    /// Every error of a file in one run, each at its own key, in file order: one bad key does
+    /// not hide the next, nor a check that spans keys.
+    #[test]
+    fn every_error_in_one_run() {
+        let text = "[http]\nmax_connections = \"lots\"\n[defaults]\nttl = 5\n[limits]\n\
+                    max_series = -1\n[[udp]]\nbatch = 0\n[[tcp]]\nlisten = \"127.0.0.1:9102\"\n";
+        let errors = Config::check(text).unwrap_err();
+        let got: Vec<_> = errors
+            .iter()
+            .map(|e| (e.line, e.key.as_deref().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, "http.max_connections"),
+                (4, "defaults.ttl"),
+                (6, "limits.max_series"),
+                (8, "udp[0].batch"),
+                (10, "tcp[0].listen"),
+            ],
+            "{errors:?}"
+        );
+        // `[udp]` for `[[udp]]` names the key and says what to write.
+        let e = Config::from_toml("[udp]\nlisten = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(e.message.contains("[[udp]]"), "{e}");
+        // A host name where an address goes: a hint.
+        let e = Config::from_toml("[[udp]]\nlisten = \"localhost:18125\"\n").unwrap_err();
+        assert!(e.message.contains("127.0.0.1:8125"), "{e}");
+        assert_eq!(e.key.as_deref(), Some("udp[0].listen"));
     }
 
     #[test]

@@ -357,7 +357,7 @@ pub(crate) fn start_listener(key: &Key, passed: &[Passed], s: &Shared) -> std::i
                     tracing::info!(listener = %u.label(), name = %p.name, "using the UDP socket passed by systemd");
                     vec![p.socket]
                 }
-                None => ingest::bind_udp(u, &s.telemetry)?,
+                None => ingest::bind_udp(u)?,
             };
             ingest::start_udp(u, sockets, &sinks)
         }
@@ -398,7 +398,12 @@ impl Starting {
             !keys.iter().any(|k| claims(k, p))
                 && (p.datagram || p.addr != Some(cfg.config.http.listen))
         }) {
-            tracing::warn!(name = %p.name, addr = ?p.addr, path = ?p.path, "a socket passed by systemd matches no listener; kept unread for a later reload");
+            let bound = match (&p.addr, &p.path) {
+                (Some(a), _) => a.to_string(),
+                (None, Some(path)) => path.display().to_string(),
+                (None, None) => "unbound".to_string(),
+            };
+            tracing::warn!(name = %p.name, address = %bound, "a socket passed by systemd matches no listener; kept unread for a later reload");
         }
         let labels: Vec<String> = started.values().map(|r| r.label.clone()).collect();
         for k in started.keys() {
@@ -439,7 +444,7 @@ impl Starting {
         s.ready.set_ready(labels.clone());
         systemd::ready(&control::status(&s, "config loaded"));
         tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
+            version = %env!("CARGO_PKG_VERSION"),
             config = %s.live.path().map_or_else(|| "embedded defaults".to_string(), |p| p.display().to_string()),
             http = %self.http_addr,
             listeners = %bound.join(" "),

@@ -48,51 +48,78 @@ pub struct Sinks {
 
 impl Sinks {
     /// A new writer (its own shard) for one ingest thread or listener.
-    fn writer(&self) -> Writer {
-        Writer::new(&self.store, self.live.clone())
+    fn writer(&self, label: &str) -> Writer {
+        Writer::new(&self.store, self.live.clone()).with_listener(label)
     }
 }
 
-/// Per-listener counters, resolved once.
+/// Per-listener counters, resolved once. Each transport has the series that mean something for
+/// it: lines and bytes for all; datagrams and truncated datagrams for datagram listeners (UDP,
+/// Unix datagram); over-long lines for TCP (whose connections are counted where they are
+/// accepted). A listener never creates another transport's series.
 #[derive(Clone)]
 struct Counters {
-    datagrams: IntCounter,
     lines: IntCounter,
     bytes: IntCounter,
-    truncated: IntCounter,
+    /// Datagram listeners: `tallyd_datagrams_received_total`.
+    datagrams: Option<IntCounter>,
+    /// Datagram listeners: `tallyd_datagrams_truncated_total`.
+    truncated: Option<IntCounter>,
+    /// TCP: `tallyd_tcp_lines_too_long_total`.
+    too_long: Option<IntCounter>,
 }
 
 impl Counters {
-    fn new(t: &Telemetry, label: &str) -> Self {
+    /// A datagram listener's (UDP, Unix datagram).
+    fn datagram(t: &Telemetry, label: &str) -> Self {
         Self {
-            datagrams: t.datagrams.with_label_values(&[label]),
             lines: t.lines.with_label_values(&[label]),
             bytes: t.bytes.with_label_values(&[label]),
-            truncated: t.truncated.with_label_values(&[label]),
+            datagrams: Some(t.datagrams.with_label_values(&[label])),
+            truncated: Some(t.truncated.with_label_values(&[label])),
+            too_long: None,
+        }
+    }
+
+    /// A TCP listener's.
+    fn stream(t: &Telemetry, label: &str) -> Self {
+        Self {
+            lines: t.lines.with_label_values(&[label]),
+            bytes: t.bytes.with_label_values(&[label]),
+            datagrams: None,
+            truncated: None,
+            too_long: Some(t.tcp_too_long.with_label_values(&[label])),
         }
     }
 }
 
-/// Flushes a writer's counters into the self-metrics.
-fn flush(
-    w: &mut Writer,
-    c: &Counters,
-    t: &Telemetry,
-    datagrams: &mut u64,
-    bytes: &mut u64,
-    truncated: &mut u64,
-) {
+/// What a worker counted since its last flush, beside its writer's [`Writer::stats`]. A count
+/// its listener has no series for stays 0.
+#[derive(Default)]
+struct Pending {
+    bytes: u64,
+    datagrams: u64,
+    truncated: u64,
+    too_long: u64,
+}
+
+/// Flushes a writer's counters and `p` into the self-metrics.
+fn flush(w: &mut Writer, c: &Counters, t: &Telemetry, p: &mut Pending) {
     if w.stats.lines > 0 {
         c.lines.inc_by(w.stats.lines);
         w.stats.lines = 0;
     }
     for (counter, v) in [
-        (&c.datagrams, datagrams),
-        (&c.bytes, bytes),
-        (&c.truncated, truncated),
+        (Some(&c.bytes), &mut p.bytes),
+        (c.datagrams.as_ref(), &mut p.datagrams),
+        (c.truncated.as_ref(), &mut p.truncated),
+        (c.too_long.as_ref(), &mut p.too_long),
     ] {
         if *v > 0 {
-            counter.inc_by(*v);
+            debug_assert!(counter.is_some(), "a count without its series");
+            if let Some(counter) = counter {
+                counter.inc_by(*v);
+            }
             *v = 0;
         }
     }
@@ -110,7 +137,9 @@ pub struct Running {
     task: Option<tokio::task::JoinHandle<()>>,
     sockets: Vec<Arc<Socket>>,
     unlink: Option<PathBuf>,
-    drops: IntCounter,
+    /// UDP: `tallyd_udp_kernel_drops_total`, read from `sockets`. (A Unix datagram socket
+    /// drops nothing: a sender whose datagram does not fit waits or gets EAGAIN.)
+    drops: Option<IntCounter>,
     /// Per worker: its loop counter and the value the watchdog saw last.
     beats: Vec<Heartbeat>,
 }
@@ -140,16 +169,17 @@ impl Running {
         })
     }
 
-    /// Updates `tallyd_udp_kernel_drops_total` from the sockets.
+    /// Updates `tallyd_udp_kernel_drops_total` from the sockets (UDP listeners only).
     pub fn read_drops(&self) {
+        let Some(drops) = &self.drops else {
+            return;
+        };
         let total: u64 = self
             .sockets
             .iter()
             .filter_map(|s| sys::socket_drops(s.as_raw_fd()))
             .sum();
-        if !self.sockets.is_empty() {
-            Telemetry::catch_up(&self.drops, total);
-        }
+        Telemetry::catch_up(drops, total);
     }
 }
 
@@ -161,27 +191,37 @@ pub enum Source {
     Inherited(Socket),
 }
 
-fn recv_buffer(sock: &Socket, want: u64, label: &str, t: &Telemetry) {
+/// Asks for a UDP socket's receive buffer; with `log`, logs what the kernel reports.
+///
+/// The log's `kernel_bytes` is the figure `tallyd_udp_receive_buffer_bytes` shows: SO_RCVBUF
+/// read back, which on Linux is twice the size granted (the kernel's allowance for its
+/// bookkeeping), so a full grant of `recv_buffer = "8MiB"` reads 16777216.
+fn udp_recv_buffer(sock: &Socket, want: u64, label: &str, log: bool) {
     match sys::set_recv_buffer(sock, want) {
-        Ok(got) => {
-            t.recv_buffer.with_label_values(&[label]).set(got as i64);
-            // Linux reports twice what it grants; a full grant reads as >= 2 x want.
-            if got < want.saturating_mul(2) {
+        // A full grant reads as >= 2 x want.
+        Ok(got) if got < want.saturating_mul(2) => {
+            if log {
                 tracing::warn!(
-                    listener = label,
+                    listener = %label,
                     requested_bytes = want,
-                    granted_bytes = got / 2,
-                    "the kernel capped the UDP receive buffer; bursts may be dropped. Raise the cap with: sysctl -w net.core.rmem_max={want}"
-                );
-            } else {
-                tracing::info!(
-                    listener = label,
-                    granted_bytes = got / 2,
-                    "UDP receive buffer set"
+                    kernel_bytes = got,
+                    "the kernel capped the UDP receive buffer (kernel_bytes is SO_RCVBUF as Linux reports it, twice the size granted); bursts may be dropped. Raise the cap with: sysctl -w net.core.rmem_max={want}"
                 );
             }
         }
-        Err(e) => tracing::warn!(listener = label, error = %e, "cannot set the UDP receive buffer"),
+        Ok(got) => {
+            if log {
+                tracing::info!(
+                    listener = %label,
+                    requested_bytes = want,
+                    kernel_bytes = got,
+                    "UDP receive buffer set (kernel_bytes is SO_RCVBUF as Linux reports it, twice the size granted)"
+                );
+            }
+        }
+        Err(e) => {
+            tracing::warn!(listener = %label, error = %e, "cannot set the UDP receive buffer");
+        }
     }
 }
 
@@ -196,7 +236,7 @@ static PORT_PICK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// both listened on port 0). A probe socket without SO_REUSEPORT or SO_REUSEADDR picks a port
 /// nobody holds; the group binds to it while `PORT_PICK` is held, so two pickers in one
 /// process cannot pick the same one.
-pub fn bind_udp(cfg: &Udp, t: &Telemetry) -> io::Result<Vec<Socket>> {
+pub fn bind_udp(cfg: &Udp) -> io::Result<Vec<Socket>> {
     let label = cfg.label();
     let mut addr = cfg.listen;
     let _pick = (addr.port() == 0).then(|| {
@@ -211,10 +251,11 @@ pub fn bind_udp(cfg: &Udp, t: &Telemetry) -> io::Result<Vec<Socket>> {
         addr.set_port(picked);
     }
     let mut sockets = Vec::new();
-    for _ in 0..cfg.worker_count() {
+    for i in 0..cfg.worker_count() {
         let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         s.set_reuse_port(true)?;
-        recv_buffer(&s, cfg.recv_buffer, &label, t);
+        // Every worker's socket gets the same size: one log line per listener.
+        udp_recv_buffer(&s, cfg.recv_buffer, &label, i == 0);
         s.bind(&addr.into())?;
         sockets.push(s);
     }
@@ -229,6 +270,13 @@ pub fn start_udp(cfg: &Udp, sockets: Vec<Socket>, sinks: &Sinks) -> io::Result<R
         .first()
         .and_then(|s| s.local_addr().ok())
         .and_then(|a| a.as_socket());
+    // What the kernel reports for the socket as it is, bound here or passed by systemd: the
+    // figure the bind's log line gave.
+    if let Some(size) = sockets.first().and_then(|s| s.recv_buffer_size().ok()) {
+        t.recv_buffer
+            .with_label_values(&[&label])
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let sockets: Vec<Arc<Socket>> = sockets.into_iter().map(Arc::new).collect();
     let (mut threads, mut beats) = (Vec::new(), Vec::new());
@@ -256,7 +304,7 @@ pub fn start_udp(cfg: &Udp, sockets: Vec<Socket>, sinks: &Sinks) -> io::Result<R
         None => tracing::info!(listener = %label, workers = threads.len(), "UDP listener started"),
     }
     Ok(Running {
-        drops: t.kernel_drops.with_label_values(&[&label]),
+        drops: Some(t.kernel_drops.with_label_values(&[&label])),
         label,
         addr,
         stop,
@@ -275,7 +323,6 @@ pub fn start_unixgram(
     inherited: Option<Socket>,
     sinks: &Sinks,
 ) -> io::Result<Running> {
-    let t = &sinks.telemetry;
     let label = format!("unixgram://{}", cfg.path.display());
     let (sock, unlink) = match inherited {
         Some(s) => (s, None),
@@ -291,9 +338,6 @@ pub fn start_unixgram(
                 }
                 std::fs::remove_file(&cfg.path)?;
             }
-            if let Some(dir) = cfg.path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
             let s = std::os::unix::net::UnixDatagram::bind(&cfg.path)?;
             std::fs::set_permissions(
                 &cfg.path,
@@ -302,7 +346,13 @@ pub fn start_unixgram(
             (Socket::from(s), Some(cfg.path.clone()))
         }
     };
-    recv_buffer(&sock, cfg.recv_buffer, &label, t);
+    // Asked for as configured, but not reported: Linux bounds a Unix datagram socket's queue
+    // by `net.unix.max_dgram_qlen` datagrams and the sender's send buffer, not by its receive
+    // buffer, and drops nothing (a sender that does not fit waits, or gets EAGAIN), so there is
+    // no receive buffer or kernel drop series for it.
+    if let Err(e) = sys::set_recv_buffer(&sock, cfg.recv_buffer) {
+        tracing::debug!(listener = %label, error = %e, "cannot set the unixgram receive buffer");
+    }
     let sock = Arc::new(sock);
     let stop = Arc::new(AtomicBool::new(false));
     let bufs = sys::MmsgBuffers::new(32, 65536);
@@ -316,7 +366,7 @@ pub fn start_unixgram(
     )?;
     tracing::info!(listener = %label, "unixgram listener started");
     Ok(Running {
-        drops: t.kernel_drops.with_label_values(&[&label]),
+        drops: None,
         label,
         addr: None,
         stop,
@@ -405,9 +455,9 @@ impl DatagramWorker {
         let beat = Arc::new(AtomicU64::new(0));
         let worker = DatagramWorker {
             socket,
-            writer: sinks.writer(),
+            writer: sinks.writer(label),
             store: sinks.store.clone(),
-            counters: Counters::new(t, label),
+            counters: Counters::datagram(t, label),
             telemetry: t.clone(),
             stop: stop.clone(),
             bufs,
@@ -421,7 +471,7 @@ impl DatagramWorker {
 
     fn run(mut self) {
         let fd = self.socket.as_raw_fd();
-        let (mut datagrams, mut bytes, mut truncated) = (0u64, 0u64, 0u64);
+        let mut counted = Pending::default();
         let mut error_log = Throttle::new(Duration::from_secs(10));
         let capacity = self.bufs.capacity();
         let buffer = self.socket.recv_buffer_size().map_or(0, |b| b as u64);
@@ -438,17 +488,18 @@ impl DatagramWorker {
             let mut wait = Duration::ZERO;
             match received {
                 Ok(n) => {
-                    let before = bytes;
+                    let before = counted.bytes;
                     for i in 0..n {
                         let (d, cut) = self.bufs.datagram(i);
-                        datagrams += 1;
-                        bytes += d.len() as u64;
-                        truncated += u64::from(cut);
+                        counted.datagrams += 1;
+                        counted.bytes += d.len() as u64;
+                        counted.truncated += u64::from(cut);
                         self.writer.ingest(d, cut);
                     }
                     let now = std::time::Instant::now();
                     if !stopping {
-                        wait = coalesce(n, capacity, bytes - before, now - woke, buffer);
+                        let got = counted.bytes - before;
+                        wait = coalesce(n, capacity, got, now - woke, buffer);
                     }
                     woke = now;
                 }
@@ -478,9 +529,7 @@ impl DatagramWorker {
                 &mut self.writer,
                 &self.counters,
                 &self.telemetry,
-                &mut datagrams,
-                &mut bytes,
-                &mut truncated,
+                &mut counted,
             );
             // After the flush: what was aggregated is counted before the worker waits.
             if !wait.is_zero() {
@@ -491,9 +540,7 @@ impl DatagramWorker {
             &mut self.writer,
             &self.counters,
             &self.telemetry,
-            &mut datagrams,
-            &mut bytes,
-            &mut truncated,
+            &mut counted,
         );
     }
 }
@@ -528,10 +575,11 @@ pub fn start_tcp(cfg: &Tcp, listener: std::net::TcpListener, sinks: &Sinks) -> i
     let addr = listener.local_addr()?;
     let label = format!("tcp://{addr}");
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let writer = Arc::new(Mutex::new(sinks.writer()));
-    let counters = Counters::new(t, &label);
+    let writer = Arc::new(Mutex::new(sinks.writer(&label)));
+    let counters = Counters::stream(t, &label);
     let stop = Arc::new(AtomicBool::new(false));
     let open = t.tcp_connections.with_label_values(&[&label]);
+    let accepted = t.tcp_accepted.with_label_values(&[&label]);
     let refused = t.tcp_refused.with_label_values(&[&label]);
     let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
     let (max_line, idle) = (cfg.max_line_length as usize, cfg.idle_timeout);
@@ -555,6 +603,7 @@ pub fn start_tcp(cfg: &Tcp, listener: std::net::TcpListener, sinks: &Sinks) -> i
                 refused.inc();
                 continue;
             };
+            accepted.inc();
             let (w, c, t, open) = (writer.clone(), counters.clone(), tel.clone(), open.clone());
             tokio::spawn(async move {
                 let _permit = permit;
@@ -566,7 +615,7 @@ pub fn start_tcp(cfg: &Tcp, listener: std::net::TcpListener, sinks: &Sinks) -> i
     });
     tracing::info!(listener = %label, "TCP listener started");
     Ok(Running {
-        drops: t.kernel_drops.with_label_values(&[&label]),
+        drops: None,
         label,
         addr: Some(addr),
         stop,
@@ -599,7 +648,10 @@ async fn serve_stream(
         let eof = n == 0;
         let data = &chunk[..n];
         let mut w = lock(writer);
-        let (mut dg, mut bytes, mut trunc) = (u64::from(!eof), n as u64, 0u64);
+        let mut counted = Pending {
+            bytes: n as u64,
+            ..Pending::default()
+        };
         w.begin_batch();
         let mut rest = data;
         while let Some(nl) = memchr::memchr(b'\n', rest) {
@@ -607,9 +659,7 @@ async fn serve_stream(
             if discarding {
                 discarding = false;
             } else if buf.len() + head.len() > max_line {
-                w.stats.lines += 1;
-                w.stats.parse_errors[ParseError::LineTooLong.index()] += 1;
-                buf.clear();
+                too_long(&mut w, &mut buf, head, &mut counted);
             } else if buf.is_empty() {
                 w.ingest(head, false);
             } else {
@@ -621,9 +671,7 @@ async fn serve_stream(
         }
         if !discarding {
             if buf.len() + rest.len() > max_line {
-                w.stats.lines += 1;
-                w.stats.parse_errors[ParseError::LineTooLong.index()] += 1;
-                buf.clear();
+                too_long(&mut w, &mut buf, rest, &mut counted);
                 discarding = true;
             } else {
                 buf.extend_from_slice(rest);
@@ -633,12 +681,24 @@ async fn serve_stream(
             w.ingest(&buf, false);
             buf.clear();
         }
-        flush(&mut w, c, t, &mut dg, &mut bytes, &mut trunc);
+        flush(&mut w, c, t, &mut counted);
         drop(w);
         if eof {
             return;
         }
     }
+}
+
+/// Counts a line longer than `max_line_length` (`buf`, what was buffered of it, then `more`)
+/// and empties `buf`. What the rejected-line log may show of it is taken into `buf` first.
+#[cold]
+fn too_long(w: &mut Writer, buf: &mut Vec<u8>, more: &[u8], counted: &mut Pending) {
+    // One byte beyond what the log shows, so it shows the line was cut.
+    let shown = (crate::pipeline::REJECT_LOG_BYTES + 1).saturating_sub(buf.len());
+    buf.extend_from_slice(&more[..shown.min(more.len())]);
+    w.reject(ParseError::LineTooLong, buf);
+    counted.too_long += 1;
+    buf.clear();
 }
 
 /// Raw fds of the datagram sockets of `r` (for tests that read kernel counters).

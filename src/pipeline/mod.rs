@@ -21,10 +21,12 @@ mod resolve;
 pub mod stats;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cache::{Cache, Entry, Hit, LINE_KEY, Target};
 pub use stats::Stats;
 
+use crate::clock::Throttle;
 use crate::config::live::{Live, Snapshot};
 use crate::parse::tags::TagError;
 use crate::parse::{self, LineInfo, LineSpan, MetricType, ParseError, Parsed, Sample};
@@ -64,8 +66,40 @@ pub struct Writer {
     line_rate: f64,
     epoch: u64,
     batch: Batch,
+    /// The `listener` label of the listener this writer serves (for the rejected-line log).
+    listener: Arc<str>,
+    /// Per [`ParseError`] reason: when a rejected line was last logged (at debug level).
+    reject_log: Box<[Throttle; ParseError::ALL.len()]>,
     /// Counters since the last flush.
     pub stats: Stats,
+}
+
+/// How often, at most, a writer logs a rejected line of one reason (at debug level).
+pub const REJECT_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// The most bytes of a rejected line the debug log shows.
+pub const REJECT_LOG_BYTES: usize = 200;
+
+/// A rejected line as the debug log shows it: its first [`REJECT_LOG_BYTES`] bytes, printable
+/// ASCII as is (a backslash doubled), every other byte as `\xNN`, and `...` if it was cut.
+pub struct Escaped<'a>(pub &'a [u8]);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        let shown = &self.0[..self.0.len().min(REJECT_LOG_BYTES)];
+        for &b in shown {
+            match b {
+                b'\\' => f.write_str("\\\\")?,
+                0x20..=0x7e => f.write_char(char::from(b))?,
+                _ => write!(f, "\\x{b:02x}")?,
+            }
+        }
+        if self.0.len() > shown.len() {
+            f.write_str("...")?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Writer {
@@ -113,10 +147,53 @@ impl Writer {
             line_rate: 1.0,
             epoch: u64::MAX,
             batch: Batch::at(std::time::Duration::ZERO, std::time::Duration::from_secs(1)),
+            listener: Arc::from(""),
+            reject_log: Box::new([Throttle::new(REJECT_LOG_EVERY); ParseError::ALL.len()]),
             stats: Stats::default(),
         };
         w.begin_batch();
         w
+    }
+
+    /// The same writer, naming `listener` (its `listener` label) in the rejected-line log.
+    pub fn with_listener(mut self, listener: &str) -> Self {
+        self.listener = Arc::from(listener);
+        self
+    }
+
+    /// Counts a line the listener dropped before the writer saw it (a TCP line longer than
+    /// `max_line_length`: `line` is what was read of it) and, at debug level, logs it as a
+    /// line the parser rejects is logged (at most once per reason per [`REJECT_LOG_EVERY`]).
+    pub fn reject(&mut self, reason: ParseError, line: &[u8]) {
+        self.stats.lines += 1;
+        self.rejected(reason, line);
+    }
+
+    /// Counts a rejected line and logs it ([`Writer::log_rejected`]).
+    #[cold]
+    #[inline(never)]
+    fn rejected(&mut self, reason: ParseError, line: &[u8]) {
+        self.stats.parse_errors[reason.index()] += 1;
+        self.log_rejected(reason, line);
+    }
+
+    /// When the debug level is on for this module, logs a rejected line: at most one line per
+    /// reason per [`REJECT_LOG_EVERY`] of the store's clock, escaped and cut ([`Escaped`]).
+    /// Off the hot path: only rejected lines come here, and with debug off they cost one check
+    /// of the level.
+    #[cold]
+    #[inline(never)]
+    fn log_rejected(&mut self, reason: ParseError, line: &[u8]) {
+        if tracing::enabled!(tracing::Level::DEBUG)
+            && self.reject_log[reason.index()].pass(self.store.now())
+        {
+            tracing::debug!(
+                reason = %reason.reason(),
+                listener = %self.listener,
+                line = %Escaped(line),
+                "line rejected (logged at most once per reason per second per worker)"
+            );
+        }
     }
 
     /// Call before each batch (and at least every 100 ms while idle): picks up a new config
@@ -160,7 +237,7 @@ impl Writer {
             while let Some(span) = lines.next() {
                 if lines.peek().is_none() {
                     self.stats.lines += 1;
-                    self.stats.parse_errors[ParseError::Truncated.index()] += 1;
+                    self.rejected(ParseError::Truncated, &datagram[span.start..span.end]);
                     break;
                 }
                 let line = &datagram[span.start..span.end];
@@ -294,7 +371,11 @@ impl Writer {
         let opts = parse::ParseOptions {
             dogstatsd_tags: self.snap.config.parse.dogstatsd_tags,
         };
+        // A name left empty once its tags are taken out is refused when the sample resolves
+        // (counted as a parse error there); compared after the parse to log the line.
+        let empty_names = self.stats.parse_errors[ParseError::EmptyName.index()];
         let parsed = parse::parse_line(line, &opts, &mut |s| self.record(s));
+        let failed = parsed.is_err();
         let one_plain_sample = matches!(parsed, Ok(Parsed::Metric(info)) if info == LineInfo::default())
             && self.line_samples == 1;
         self.file_pending(one_plain_sample);
@@ -302,7 +383,10 @@ impl Writer {
         match parsed {
             Ok(Parsed::Metric(info)) => self.line_info(info),
             Ok(Parsed::Special(sp)) => self.special(&sp),
-            Err(e) => self.stats.parse_errors[e.index()] += 1,
+            Err(e) => self.rejected(e, line),
+        }
+        if !failed && self.stats.parse_errors[ParseError::EmptyName.index()] != empty_names {
+            self.log_rejected(ParseError::EmptyName, line);
         }
     }
 

@@ -176,12 +176,21 @@ pub fn skip_or_fail(reason: &str) {
 }
 
 /// The address in `key=<addr>` on the first line of `log` that contains `message` (the text
-/// log format: `... INFO tallyd::daemon: HTTP endpoint serving /metrics address=127.0.0.1:1234`).
+/// and logfmt formats: `... INFO tallyd::daemon: HTTP endpoint serving /metrics
+/// address=127.0.0.1:1234`), or in `"key":"<addr>"` (the JSON format).
 pub fn logged_addr(log: &str, message: &str, key: &str) -> Option<SocketAddr> {
     let line = log.lines().find(|l| l.contains(message))?;
-    let field = format!(" {key}=");
-    let at = line.find(&field)? + field.len();
-    let value = line[at..].split_whitespace().next()?.trim_matches('"');
+    let text = format!(" {key}=");
+    let json = format!("\"{key}\":\"");
+    let value = if let Some(at) = line.find(&text) {
+        line[at + text.len()..]
+            .split_whitespace()
+            .next()?
+            .trim_matches('"')
+    } else {
+        let at = line.find(&json)? + json.len();
+        line[at..].split('"').next()?
+    };
     value.parse().ok()
 }
 
@@ -402,6 +411,8 @@ impl Spawned {
         let mut child = std::process::Command::new(binary())
             .arg("--config")
             .arg(&config_path)
+            // The config's [log] is what a test sets; RUST_LOG would override it.
+            .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
