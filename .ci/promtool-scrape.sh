@@ -23,11 +23,11 @@ send 'api.requests:1|c|#env:prod,role:web\napi.latency:320|ms|@0.5\nqueue.depth:
 send 'payload.size:1:2:3|d|#env:prod\nusers:alice|s\nusers:bob|s\nfoo.[env=prod]bar:1|c\nlegacy,host=a:5|c'
 send 'weird-name.with/chars:1|c|#tag.with.dots:1,09x:2,__name__:x\nhist:1|h|#le:5\n_sc|db|2|#env:dev\n_e{5,4}:title|text|t:warning'
 send 'bad\nfoo:1|c|@0\nfoo:NaN|g\nx:1|d\nx_count:1|d\ntallyd_series:5|g'
-target/release/tallyd blast --target "$udp" --rate 50000 --count 20000 --names 50 --tags 2 --packed 1400 >/dev/null
+target/release/tallyd-blast --target "$udp" --rate 50000 --count 20000 --names 50 --tags 2 --packed 1400 >/dev/null
 # Over 16k series, so /metrics streams in several chunks (2048 series each) that end both
 # inside families (4 series each) and where families start (one series each).
-target/release/tallyd blast --target "$udp" --rate 50000 --count 12000 --names 3000 --tags 1 --prefix wide --packed 1400 >/dev/null
-target/release/tallyd blast --target "$udp" --rate 50000 --count 4001 --names 4001 --prefix solo --packed 1400 >/dev/null
+target/release/tallyd-blast --target "$udp" --rate 50000 --count 12000 --names 3000 --tags 1 --prefix wide --packed 1400 >/dev/null
+target/release/tallyd-blast --target "$udp" --rate 50000 --count 4001 --names 4001 --prefix solo --packed 1400 >/dev/null
 for _ in $(seq 100); do
   n=$(curl -fs "http://$http/metrics" | awk '/^tallyd_lines_received_total/ {s+=$2} END {print s+0}')
   [ "$n" -ge 36020 ] && break; sleep 0.1
