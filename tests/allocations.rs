@@ -19,13 +19,13 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tallyd::clock::MonotonicClock;
-use tallyd::config::live::{Live, Snapshot};
 use tallyd::pipeline::Writer;
-use tallyd::store::Store;
+
+/// The benches' corpus harness: packing, a store, feeding as a worker does.
+#[path = "../benches/common/mod.rs"]
+mod bench;
 
 /// Forwards to the system allocator; counts calls made by a thread that set [`COUNTING`].
 struct Counting;
@@ -121,38 +121,6 @@ fn corpus(series: u64, n: usize) -> Vec<String> {
     out
 }
 
-/// Packs lines into datagrams of at most `max` bytes (0 = one line per datagram).
-fn pack(lines: &[String], max: usize) -> Vec<Vec<u8>> {
-    if max == 0 {
-        return lines.iter().map(|l| l.as_bytes().to_vec()).collect();
-    }
-    let mut out = Vec::new();
-    let mut cur: Vec<u8> = Vec::new();
-    for l in lines {
-        if !cur.is_empty() && cur.len() + 1 + l.len() > max {
-            out.push(std::mem::take(&mut cur));
-        }
-        if !cur.is_empty() {
-            cur.push(b'\n');
-        }
-        cur.extend_from_slice(l.as_bytes());
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
-/// Feeds datagrams the way an ingest worker does: `begin_batch` every 32.
-fn feed(w: &mut Writer, datagrams: &[Vec<u8>]) {
-    for chunk in datagrams.chunks(32) {
-        w.begin_batch();
-        for d in chunk {
-            w.ingest(d, false);
-        }
-    }
-}
-
 /// Allocations made by this thread while `f` runs.
 fn allocations(f: impl FnOnce()) -> u64 {
     let before = ALLOCS.load(Ordering::Relaxed);
@@ -171,27 +139,22 @@ fn known_series_take_no_allocation_per_line() {
     );
 
     let lines = corpus(500, 40_000);
-    let (store, live) = {
-        let snap = Snapshot::from_toml("[limits]\nmax_series = 1000000\n").expect("valid config");
-        let live = Live::new(snap, None, None);
-        let store = Store::new(Arc::new(MonotonicClock::default()), Vec::new());
-        (store, live)
-    };
+    let (store, live) = bench::store(1_000_000);
     let mut w = Writer::new(&store, live);
     for (name, max) in [("packed to 1432 bytes", 1432), ("one line per datagram", 0)] {
-        let datagrams = pack(&lines, max);
+        let datagrams = bench::pack(&lines, max);
         // Warm: every series exists, every cache entry and buffer has grown. The first pass
         // creates the series, which allocates: the count does see the writer's work.
-        let cold = allocations(|| feed(&mut w, &datagrams));
+        let cold = allocations(|| bench::feed(&mut w, &datagrams));
         if max != 0 {
             assert!(cold > 0, "{name}: creating the series allocated nothing?");
         }
-        feed(&mut w, &datagrams);
+        bench::feed(&mut w, &datagrams);
         let series = store.series_count();
         const PASSES: usize = 5;
         let allocs = allocations(|| {
             for _ in 0..PASSES {
-                feed(&mut w, &datagrams);
+                bench::feed(&mut w, &datagrams);
             }
         });
         let n = (lines.len() * PASSES) as f64;
