@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tallyd::config::Config;
-use tallyd::config::live::Snapshot;
+use tallyd::config::live::{Refused, Snapshot};
 #[cfg(not(loom))]
 use tallyd::daemon::{Daemon, Options, control};
 
@@ -109,9 +109,12 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }
-        Err(errors) => {
+        Err(Refused { errors, warnings }) => {
             for e in &errors {
                 eprintln!("{}: error: {e}", path.display());
+            }
+            for w in &warnings {
+                eprintln!("{}: warning: {w}", path.display());
             }
             eprintln!(
                 "{}: {} error{}",

@@ -24,7 +24,7 @@ async fn ready_only_once_listeners_are_bound() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tallyd.toml");
     std::fs::write(&path, config_text(1, "")).unwrap();
-    let mut opts = Options::new(Some(path));
+    let mut opts = Options::new(Some(path.clone()));
     opts.watch = false;
     let starting = Daemon::start_http(opts).await.expect("http starts");
     let addr = starting.http_addr;
@@ -49,12 +49,13 @@ async fn a_listener_that_cannot_bind_fails_the_start() {
     let port = holder.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tallyd.toml");
-    std::fs::write(
-        &path,
-        config_text(1, &format!("[[tcp]]\nlisten = \"127.0.0.1:{port}\"\n")),
-    )
-    .unwrap();
-    let mut opts = Options::new(Some(path));
+    let text = config_text(1, &format!("[[tcp]]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("listen = \"127.0.0.1:") && l.contains(&port.to_string()))
+        .unwrap();
+    std::fs::write(&path, &text).unwrap();
+    let mut opts = Options::new(Some(path.clone()));
     opts.watch = false;
     let starting = Daemon::start_http(opts).await.expect("http starts");
     let addr = starting.http_addr;
@@ -63,7 +64,15 @@ async fn a_listener_that_cannot_bind_fails_the_start() {
         Ok(_) => panic!("bind must fail while the port is held"),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains("cannot bind"), "{err}");
+    // One sentence: which listener, where the file sets it, the address, the OS reason.
+    assert_eq!(
+        err,
+        format!(
+            "cannot bind the TCP listener tcp://127.0.0.1:{port} ({}, line {line}): \
+             address already in use",
+            path.display()
+        )
+    );
 }
 
 /// Linux lets an autobind with SO_REUSEPORT pick a port another SO_REUSEPORT socket of the same
@@ -168,57 +177,6 @@ fn check_config_accepts_good_files() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-#[test]
-fn check_config_reports_line_column_and_key() {
-    for (text, place, key) in [
-        (
-            "[http]\nlisten = \"nope\"\n",
-            "line 2, column 10",
-            "http.listen",
-        ),
-        (
-            "[limits]\nmax_series = 5\nbogus = 1\n",
-            "line 3, column 1",
-            "limits.bogus",
-        ),
-        (
-            "[defaults]\nttl = \"10 parsecs\"\n",
-            "line 2, column 7",
-            "defaults.ttl",
-        ),
-        (
-            "[[udp]]\nworkers = \"many\"\n",
-            "line 2, column 11",
-            "udp[0].workers",
-        ),
-        (
-            "[[mapping]]\nmatch = \"a.*\"\nname = \"x_$2\"\n",
-            "line 3, column 8",
-            "mapping.name",
-        ),
-        (
-            "[[mapping]]\nregex = \"a(\"\nname = \"x\"\n",
-            "line 2, column 9",
-            "mapping.regex",
-        ),
-    ] {
-        let (code, _, stderr) = check_config(text);
-        assert_eq!(code, Some(1), "{text}");
-        assert!(stderr.contains(place), "{text}: want {place}; got {stderr}");
-        assert!(
-            stderr.contains(&format!("key `{key}`")),
-            "{text}: want key {key}; got {stderr}"
-        );
-    }
-    // Bad TOML syntax names the line.
-    let (code, _, stderr) = check_config("[http\nlisten = 1\n");
-    assert_eq!(code, Some(1));
-    assert!(stderr.contains("line 1"), "{stderr}");
-    // A missing file.
-    let out = tallyd(&["check-config", "/nonexistent/tallyd.toml"]);
-    assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]

@@ -344,24 +344,3 @@ async fn max_series_per_metric_refuses_per_name() {
     );
     t.stop().await;
 }
-
-#[test]
-fn check_config_warns_about_a_shadowed_rule() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.toml");
-    std::fs::write(
-        &path,
-        "[[mapping]]\nmatch = \"a.*\"\nname = \"x\"\n\n[[mapping]]\nmatch = \"a.b\"\nname = \"y\"\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(binary())
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("warning"), "{stderr}");
-    assert!(stderr.contains("line 6"), "{stderr}");
-    assert!(stderr.contains("rule 2 can never match"), "{stderr}");
-}

@@ -10,6 +10,7 @@
 
 use std::ops::Range;
 
+use serde::Deserialize as _;
 use serde::de::{DeserializeOwned, IntoDeserializer as _};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -31,6 +32,17 @@ pub(crate) struct Tree<'t> {
 }
 
 impl<'t> Tree<'t> {
+    /// The tree of `text`, if it parses.
+    pub(crate) fn parse(text: &'t str) -> Option<Self> {
+        let (root, errors) = DeTable::parse_recoverable(text);
+        errors.is_empty().then_some(Tree { text, root })
+    }
+
+    /// The 1-based line of the key that `path` leads to (or of the deepest step found).
+    pub(crate) fn line(&self, path: &[Step<'_>]) -> usize {
+        line_col(self.text, self.span(path).start).0
+    }
+
     /// An error at the key that `path` leads to (the deepest step found: a missing key is
     /// reported at its table), named by the path.
     pub(crate) fn error(&self, path: &[Step<'_>], message: String) -> ConfigError {
@@ -44,7 +56,18 @@ impl<'t> Tree<'t> {
         }
     }
 
+    /// True if every step of `path` is in the file.
+    pub(crate) fn has(&self, path: &[Step<'_>]) -> bool {
+        self.walk(path).1 == path.len()
+    }
+
     fn span(&self, path: &[Step<'_>]) -> Range<usize> {
+        self.walk(path).0
+    }
+
+    /// The span of the deepest step of `path` found, and how many steps were found.
+    fn walk(&self, path: &[Step<'_>]) -> (Range<usize>, usize) {
+        let mut found = 0;
         let mut table = self.root.get_ref();
         let mut span = 0..0;
         let mut value: Option<&Spanned<DeValue<'_>>> = None;
@@ -68,11 +91,14 @@ impl<'t> Tree<'t> {
                 _ => None,
             };
             match next {
-                Some(v) => value = Some(v),
+                Some(v) => {
+                    value = Some(v);
+                    found += 1;
+                }
                 None => break,
             }
         }
-        span
+        (span, found)
     }
 }
 
@@ -92,9 +118,17 @@ fn display(path: &[Step<'_>]) -> String {
     out
 }
 
+/// A key refused by the per-key reads, to be left out of the rest of the file.
+enum Bad {
+    /// A whole section (unknown, or of the wrong shape).
+    Section(String),
+    /// A key of a section, or of one table of an array of tables.
+    Key(String, Option<usize>, String),
+}
+
 /// Every error in `text`, in file order, and the config read from the rest of the file (the
-/// lines of keys in error blanked out), if that reads: the checks that span keys, and the
-/// mapping rules, are run on it, so that one bad key does not hide another error.
+/// keys in error left out), if that reads: the checks that span keys, and the mapping rules,
+/// are run on it, so that one bad key does not hide another error.
 pub(crate) fn check(text: &str) -> (Option<Config>, Vec<ConfigError>) {
     let (root, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
@@ -106,19 +140,25 @@ pub(crate) fn check(text: &str) -> (Option<Config>, Vec<ConfigError>) {
     }
     let tree = Tree { text, root };
     let mut errors = Vec::new();
+    let mut bad = Vec::new();
     for (key, value) in tree.root.get_ref().iter() {
         let name = key.get_ref().as_ref();
+        let mut found = Found {
+            text,
+            errors: &mut errors,
+            bad: &mut bad,
+        };
         match name {
-            "http" => per_key::<Http>(text, name, value, &mut errors),
-            "parse" => per_key::<Parse>(text, name, value, &mut errors),
-            "dogstatsd" => per_key::<Dogstatsd>(text, name, value, &mut errors),
-            "defaults" => per_key::<Defaults>(text, name, value, &mut errors),
-            "limits" => per_key::<Limits>(text, name, value, &mut errors),
-            "log" => per_key::<Log>(text, name, value, &mut errors),
-            "udp" => per_element::<Udp>(text, name, value, true, &mut errors),
-            "tcp" => per_element::<Tcp>(text, name, value, true, &mut errors),
-            "unixgram" => per_element::<Unixgram>(text, name, value, true, &mut errors),
-            "mapping" => per_element::<MappingRule>(text, name, value, false, &mut errors),
+            "http" => found.per_key::<Http>(name, None, value),
+            "parse" => found.per_key::<Parse>(name, None, value),
+            "dogstatsd" => found.per_key::<Dogstatsd>(name, None, value),
+            "defaults" => found.per_key::<Defaults>(name, None, value),
+            "limits" => found.per_key::<Limits>(name, None, value),
+            "log" => found.per_key::<Log>(name, None, value),
+            "udp" => found.per_element::<Udp>(name, value),
+            "tcp" => found.per_element::<Tcp>(name, value),
+            "unixgram" => found.per_element::<Unixgram>(name, value),
+            "mapping" => found.per_element::<MappingRule>(name, value),
             _ => {
                 let (line, column) = line_col(text, key.span().start);
                 errors.push(ConfigError {
@@ -130,20 +170,38 @@ pub(crate) fn check(text: &str) -> (Option<Config>, Vec<ConfigError>) {
                          parse, dogstatsd, defaults, limits, mapping and log"
                     ),
                 });
+                bad.push(Bad::Section(name.to_string()));
             }
         }
     }
-    // The rest of the file: every line with an error blanked (line numbers kept).
-    let bad: std::collections::HashSet<usize> = errors.iter().map(|e| e.line).collect();
-    let rest: String = text
-        .split_inclusive('\n')
-        .enumerate()
-        .map(|(i, l)| if bad.contains(&(i + 1)) { "\n" } else { l })
-        .collect();
-    let config = match toml::from_str::<Config>(&rest) {
+    // The rest of the file: the tree without the keys in error (spans still the file's).
+    let mut rest = tree.root.clone();
+    for b in &bad {
+        let table = rest.get_mut();
+        match b {
+            Bad::Section(name) => {
+                table.remove(name.as_str());
+            }
+            Bad::Key(section, index, key) => {
+                let section = table.get_mut(section.as_str()).map(Spanned::get_mut);
+                let inner = match (section, index) {
+                    (Some(DeValue::Table(t)), None) => Some(t),
+                    (Some(DeValue::Array(a)), Some(i)) => match a.get_mut(*i).map(Spanned::get_mut)
+                    {
+                        Some(DeValue::Table(t)) => Some(t),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if let Some(t) = inner {
+                    t.remove(key.as_str());
+                }
+            }
+        }
+    }
+    let config = match Config::deserialize(rest.into_deserializer()) {
         Ok(config) => {
-            let (root, _) = DeTable::parse_recoverable(&rest);
-            errors.extend(config.validate(&Tree { text: &rest, root }));
+            errors.extend(config.validate(&tree));
             Some(config)
         }
         Err(e) if errors.is_empty() => {
@@ -157,76 +215,83 @@ pub(crate) fn check(text: &str) -> (Option<Config>, Vec<ConfigError>) {
     (config, errors)
 }
 
-/// Reads each key of the table `value` on its own into `T` (whose other keys default), so
-/// every bad key is reported.
-fn per_key<T: DeserializeOwned>(
-    text: &str,
-    section: &str,
-    value: &Spanned<DeValue<'_>>,
-    errors: &mut Vec<ConfigError>,
-) {
-    let DeValue::Table(table) = value.get_ref() else {
-        let (line, column) = line_col(text, value.span().start);
-        errors.push(ConfigError {
-            line,
-            column,
-            key: Some(section.to_string()),
-            message: format!("`{section}` is a table: write it as [{section}]"),
-        });
-        return;
-    };
-    for (k, v) in table.iter() {
-        let mut one = DeTable::new();
-        one.insert(k.clone(), v.clone());
-        let whole = Spanned::new(value.span(), one);
-        if let Err(e) = T::deserialize(whole.into_deserializer()) {
-            let mut err = super::locate(text, &e);
-            if e.span().is_none() || err.line == 0 {
-                (err.line, err.column) = line_col(text, k.span().start);
-            }
-            err.key = Some(format!("{section}.{}", k.get_ref()));
-            if err.message.contains("invalid socket address syntax") {
-                err.message.push_str(
-                    "; write an IP address and a port, e.g. \"127.0.0.1:8125\" or \"[::1]:8125\" \
-                     (host names such as localhost are not resolved)",
-                );
-            }
-            errors.push(err);
-        }
-    }
+/// What the per-key reads found: the errors, and the keys to leave out of the rest.
+struct Found<'a> {
+    text: &'a str,
+    errors: &'a mut Vec<ConfigError>,
+    bad: &'a mut Vec<Bad>,
 }
 
-/// Reads each table of the array `value` (`[[section]]`): key by key when `by_key` (every key
-/// of those sections has a default), else whole.
-fn per_element<T: DeserializeOwned>(
-    text: &str,
-    section: &str,
-    value: &Spanned<DeValue<'_>>,
-    by_key: bool,
-    errors: &mut Vec<ConfigError>,
-) {
-    let DeValue::Array(items) = value.get_ref() else {
-        let (line, column) = line_col(text, value.span().start);
-        errors.push(ConfigError {
-            line,
-            column,
-            key: Some(section.to_string()),
-            message: format!(
-                "`{section}` is a list of tables: write each as [[{section}]] (with two brackets)"
-            ),
-        });
-        return;
-    };
-    for (i, item) in items.iter().enumerate() {
-        let name = format!("{section}[{i}]");
-        if by_key {
-            per_key::<T>(text, &name, item, errors);
-        } else if let Err(e) = T::deserialize(item.clone().into_deserializer()) {
-            let mut err = super::locate(text, &e);
-            if e.span().is_none() {
-                (err.line, err.column) = line_col(text, item.span().start);
+impl Found<'_> {
+    /// Reads each key of the table `value` (the section `section`, or its `index`th table) on
+    /// its own into `T` (whose other keys default), so every bad key is reported.
+    fn per_key<T: DeserializeOwned>(
+        &mut self,
+        section: &str,
+        index: Option<usize>,
+        value: &Spanned<DeValue<'_>>,
+    ) {
+        let text = self.text;
+        let name = match index {
+            Some(i) => format!("{section}[{i}]"),
+            None => section.to_string(),
+        };
+        let DeValue::Table(table) = value.get_ref() else {
+            let (line, column) = line_col(text, value.span().start);
+            self.errors.push(ConfigError {
+                line,
+                column,
+                key: Some(name.clone()),
+                message: format!("`{name}` is a table: write it as [{name}]"),
+            });
+            self.bad.push(Bad::Section(section.to_string()));
+            return;
+        };
+        for (k, v) in table.iter() {
+            let mut one = DeTable::new();
+            one.insert(k.clone(), v.clone());
+            let whole = Spanned::new(value.span(), one);
+            if let Err(e) = T::deserialize(whole.into_deserializer()) {
+                let mut err = super::locate(text, &e);
+                if e.span().is_none() || err.line == 0 {
+                    (err.line, err.column) = line_col(text, k.span().start);
+                }
+                err.key = Some(format!("{name}.{}", k.get_ref()));
+                if err.message.contains("invalid socket address syntax") {
+                    err.message.push_str(
+                        "; write an IP address and a port, e.g. \"127.0.0.1:8125\" or \
+                         \"[::1]:8125\" (host names such as localhost are not resolved)",
+                    );
+                }
+                self.errors.push(err);
+                self.bad.push(Bad::Key(
+                    section.to_string(),
+                    index,
+                    k.get_ref().to_string(),
+                ));
             }
-            errors.push(err);
+        }
+    }
+
+    /// Reads each table of the array `value` (`[[section]]`) key by key (every key of those
+    /// sections has a default).
+    fn per_element<T: DeserializeOwned>(&mut self, section: &str, value: &Spanned<DeValue<'_>>) {
+        let DeValue::Array(items) = value.get_ref() else {
+            let (line, column) = line_col(self.text, value.span().start);
+            self.errors.push(ConfigError {
+                line,
+                column,
+                key: Some(section.to_string()),
+                message: format!(
+                    "`{section}` is a list of tables: write each as [[{section}]] (with two \
+                     brackets)"
+                ),
+            });
+            self.bad.push(Bad::Section(section.to_string()));
+            return;
+        };
+        for (i, item) in items.iter().enumerate() {
+            self.per_key::<T>(section, Some(i), item);
         }
     }
 }

@@ -23,32 +23,88 @@ pub struct Snapshot {
     pub mapper: Mapper,
     /// Non-fatal findings (shadowed mapping rules).
     pub warnings: Vec<ConfigError>,
+    /// Where each listener is set in the file, for errors that name it.
+    pub origins: Origins,
+}
+
+/// A file that cannot be used: every error (never empty), in file order, and the warnings
+/// found on the way (a file with a bad mapping rule is not checked for dead rules).
+#[derive(Debug)]
+pub struct Refused {
+    /// The errors.
+    pub errors: Vec<ConfigError>,
+    /// The warnings.
+    pub warnings: Vec<ConfigError>,
+}
+
+/// The 1-based line of each listener's address in the config file (`listen`, or `path` for
+/// `[[unixgram]]`; the table's header when the key is left to its default), in config order.
+/// Empty for the embedded defaults.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Origins {
+    /// `[http] listen`, if set.
+    pub http: Option<usize>,
+    /// Each `[[udp]]`.
+    pub udp: Vec<usize>,
+    /// Each `[[tcp]]`.
+    pub tcp: Vec<usize>,
+    /// Each `[[unixgram]]`.
+    pub unixgram: Vec<usize>,
+}
+
+impl Origins {
+    fn of(text: &str, config: &Config) -> Self {
+        use super::check::{Step, Tree};
+        let Some(tree) = Tree::parse(text) else {
+            return Self::default();
+        };
+        let lines = |section: &'static str, key: &'static str, n: usize| -> Vec<usize> {
+            (0..n)
+                .map(|i| tree.line(&[Step::Key(section), Step::Index(i), Step::Key(key)]))
+                .collect()
+        };
+        let http = [Step::Key("http"), Step::Key("listen")];
+        Self {
+            http: tree.has(&http).then(|| tree.line(&http)),
+            udp: lines("udp", "listen", config.udp.len()),
+            tcp: lines("tcp", "listen", config.tcp.len()),
+            unixgram: lines("unixgram", "path", config.unixgram.len()),
+        }
+    }
 }
 
 impl Snapshot {
     /// Parses, validates and compiles a config file's text; the first error if any.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        Self::check(text).map_err(|mut e| e.swap_remove(0))
+        Self::check(text).map_err(|mut r| r.errors.swap_remove(0))
     }
 
     /// Parses, validates and compiles a config file's text, reporting every error (the
-    /// mapping rules' once the rest of the file is valid), in file order.
-    pub fn check(text: &str) -> Result<Self, Vec<ConfigError>> {
+    /// mapping rules' once the rest of the file is valid), in file order, and the warnings
+    /// found on the way.
+    pub fn check(text: &str) -> Result<Self, Refused> {
         let (config, mut errors) = Config::check_partial(text);
         let Some(config) = config else {
-            return Err(errors);
+            return Err(Refused {
+                errors,
+                warnings: Vec::new(),
+            });
         };
         match Mapper::compile(&config.mapping, text) {
             Ok((mapper, warnings)) if errors.is_empty() => Ok(Self {
+                origins: Origins::of(text, &config),
                 config,
                 mapper,
                 warnings,
             }),
-            Ok(_) => Err(errors),
+            Ok((_, warnings)) => Err(Refused { errors, warnings }),
             Err(more) => {
                 errors.extend(more);
                 errors.sort_by_key(|e| (e.line, e.column));
-                Err(errors)
+                Err(Refused {
+                    errors,
+                    warnings: Vec::new(),
+                })
             }
         }
     }

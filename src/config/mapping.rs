@@ -20,7 +20,8 @@ use regex::{Regex, RegexSet};
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use super::{ConfigError, line_col};
+use super::ConfigError;
+use super::check::Step;
 use crate::parse::MetricType;
 
 /// One `[[mapping]]` table as written.
@@ -323,44 +324,45 @@ impl Mapper {
         rules: &[MappingRule],
         text: &str,
     ) -> Result<(Self, Vec<ConfigError>), Vec<ConfigError>> {
-        let err = |span: std::ops::Range<usize>, key: &str, message: String| {
-            let (line, column) = line_col(text, span.start);
-            ConfigError {
-                line,
-                column,
-                key: Some(format!("mapping.{key}")),
+        // Errors sit at the key at fault, located in the file's spanned tree.
+        let tree = super::check::Tree::parse(text);
+        let at = |path: &[Step<'_>], message: String| match &tree {
+            Some(t) => t.error(path, message),
+            None => ConfigError {
+                line: 0,
+                column: 0,
+                key: None,
                 message,
-            }
+            },
         };
         let mut compiled = Vec::with_capacity(rules.len());
         let mut sources = Vec::with_capacity(rules.len());
         let mut warnings = Vec::new();
         let mut errors = Vec::new();
         for (idx, r) in rules.iter().enumerate() {
+            let err = |key: &str, message: String| {
+                at(
+                    &[Step::Key("mapping"), Step::Index(idx), Step::Key(key)],
+                    message,
+                )
+            };
             // One rule's checks; its first error is reported and the next rule checked.
             let one = (|| -> Result<(String, Rule), ConfigError> {
-                let (pattern, span, key) = match (&r.glob, &r.regex) {
+                let (pattern, key) = match (&r.glob, &r.regex) {
                     (Some(g), None) => (
-                        glob_to_regex(g.get_ref()).map_err(|m| err(g.span(), "match", m))?,
-                        g.span(),
+                        glob_to_regex(g.get_ref()).map_err(|m| err("match", m))?,
                         "match",
                     ),
-                    (None, Some(re)) => (anchored(re.get_ref()), re.span(), "regex"),
-                    (Some(g), Some(_)) => {
+                    (None, Some(re)) => (anchored(re.get_ref()), "regex"),
+                    (Some(_), Some(_)) => {
                         return Err(err(
-                            g.span(),
                             "match",
                             "a rule has either `match` or `regex`, not both".into(),
                         ));
                     }
                     (None, None) => {
-                        let at = text
-                            .match_indices("[[mapping]]")
-                            .nth(idx)
-                            .map_or(0, |(i, _)| i);
-                        return Err(err(
-                            at..at,
-                            "match",
+                        return Err(at(
+                            &[Step::Key("mapping"), Step::Index(idx)],
                             "a rule needs `match` (glob) or `regex`".into(),
                         ));
                     }
@@ -368,32 +370,30 @@ impl Mapper {
                 if let Some(re) = &r.regex {
                     // The user's own pattern in the message, not the anchored one compiled below.
                     Regex::new(re.get_ref())
-                        .map_err(|e| err(re.span(), "regex", format!("invalid regex: {e}")))?;
+                        .map_err(|e| err("regex", format!("invalid regex: {e}")))?;
                 }
-                let regex = Regex::new(&pattern)
-                    .map_err(|e| err(span.clone(), key, format!("invalid pattern: {e}")))?;
+                let regex =
+                    Regex::new(&pattern).map_err(|e| err(key, format!("invalid pattern: {e}")))?;
                 let name = match (&r.name, r.action) {
-                    (Some(n), Action::Drop) => {
+                    (Some(_), Action::Drop) => {
                         return Err(err(
-                            n.span(),
                             "name",
                             "a rule with action = \"drop\" names nothing; remove `name`".into(),
                         ));
                     }
                     (Some(n), Action::Map) => {
                         if let Some(m) = reserved_template(n.get_ref(), r.kind) {
-                            return Err(err(n.span(), "name", m));
+                            return Err(err("name", m));
                         }
-                        check_refs(n.get_ref(), &regex).map_err(|m| err(n.span(), "name", m))?;
+                        check_refs(n.get_ref(), &regex).map_err(|m| err("name", m))?;
                         if n.get_ref().is_empty() {
-                            return Err(err(n.span(), "name", "must not be empty".into()));
+                            return Err(err("name", "must not be empty".into()));
                         }
                         n.get_ref().clone()
                     }
                     (None, Action::Drop) => String::new(),
                     (None, Action::Map) => {
                         return Err(err(
-                            span,
                             key,
                             "a rule with action = \"map\" needs a `name`".into(),
                         ));
@@ -402,37 +402,38 @@ impl Mapper {
                 let mut labels = Vec::new();
                 if let Some(l) = &r.labels {
                     for (k, v) in l.get_ref() {
+                        let err = |message: String| {
+                            at(
+                                &[
+                                    Step::Key("mapping"),
+                                    Step::Index(idx),
+                                    Step::Key("labels"),
+                                    Step::Key(k),
+                                ],
+                                message,
+                            )
+                        };
                         if !is_label_name(k) || k.starts_with("__") {
-                            return Err(err(
-                                l.span(),
-                                "labels",
-                                format!("{k:?} is not a valid label name"),
-                            ));
+                            return Err(err(format!("{k:?} is not a valid label name")));
                         }
-                        check_refs(v, &regex).map_err(|m| err(l.span(), "labels", m))?;
+                        check_refs(v, &regex).map_err(err)?;
                         let observes = matches!(r.kind, None | Some(RuleKind::Observer));
                         let summary = r.observer == Some(ObserverKind::Summary);
                         if observes && ((k == "le" && !summary) || (k == "quantile" && summary)) {
-                            return Err(err(
-                                l.span(),
-                                "labels",
-                                format!(
-                                    "{k:?} is the exposition's own label on this rule's {}; name it otherwise",
-                                    if k == "le" {
-                                        "histogram buckets"
-                                    } else {
-                                        "summary quantiles"
-                                    }
-                                ),
-                            ));
+                            return Err(err(format!(
+                                "{k:?} is the exposition's own label on this rule's {}; name it otherwise",
+                                if k == "le" {
+                                    "histogram buckets"
+                                } else {
+                                    "summary quantiles"
+                                }
+                            )));
                         }
                         labels.push((k.clone(), v.clone()));
                     }
                 }
                 if r.observer.is_some() && matches!(r.kind, Some(k) if k != RuleKind::Observer) {
-                    return Err(err(
-                    span,
-                    key,
+                    return Err(err("observer",
                     "`observer` applies to timers, histograms and distributions; this rule's `type` admits none".into(),
                 ));
                 }
@@ -440,27 +441,21 @@ impl Mapper {
                     && (r.quantiles.is_some() || r.window.is_some())
                 {
                     return Err(err(
-                        span,
-                        key,
+                        if r.quantiles.is_some() {
+                            "quantiles"
+                        } else {
+                            "window"
+                        },
                         "`quantiles` and `window` apply only with observer = \"summary\"".into(),
                     ));
                 }
                 if r.window.is_some_and(|w| w < Duration::from_secs(2)) {
-                    return Err(err(
-                        span,
-                        key,
-                        "a summary window must be at least 2s".into(),
-                    ));
+                    return Err(err("window", "a summary window must be at least 2s".into()));
                 }
                 if let Some(s) = r.scale
                     && !(s.is_finite() && s != 0.0)
                 {
-                    let at = text.match_indices("scale").next().map_or(0, |(i, _)| i);
-                    return Err(err(
-                        at..at,
-                        "scale",
-                        "must be a finite, non-zero number".into(),
-                    ));
+                    return Err(err("scale", "must be a finite, non-zero number".into()));
                 }
                 // A rule is shadowed when an earlier rule with a filter at least as wide matches a
                 // superset of its names: the same pattern, a catch-all, or a glob that is
@@ -482,18 +477,21 @@ impl Mapper {
                             _ => false,
                         };
                         if covers {
-                            let (line, column) = line_col(text, span.start);
-                            warnings.push(ConfigError {
-                            line,
-                            column,
-                            key: Some(format!("mapping.{key}")),
-                            message: format!(
-                                "rule {} can never match: rule {} (line {}) matches every name it does and comes first",
-                                idx + 1,
-                                j + 1,
-                                line_col(text, prev.glob.as_ref().or(prev.regex.as_ref()).map_or(0, |s| s.span().start)).0
-                            ),
-                        });
+                            let prev_key = if prev.glob.is_some() {
+                                "match"
+                            } else {
+                                "regex"
+                            };
+                            let prev_line = tree.as_ref().map_or(0, |t| {
+                                t.line(&[Step::Key("mapping"), Step::Index(j), Step::Key(prev_key)])
+                            });
+                            warnings.push(err(
+                                key,
+                                format!(
+                                    "this rule can never match: the rule at line {prev_line} \
+                                     (mapping[{j}]) matches every name it does and comes first"
+                                ),
+                            ));
                             break;
                         }
                     }
@@ -659,24 +657,24 @@ mod tests {
             (
                 "[[mapping]]\nmatch = \"a.*\"\nname = \"x_$2\"\n",
                 3,
-                "mapping.name",
+                "mapping[0].name",
             ),
             (
                 "[[mapping]]\nregex = \"a(\"\nname = \"x\"\n",
                 2,
-                "mapping.regex",
+                "mapping[0].regex",
             ),
             (
                 "[[mapping]]\nmatch = \"a..b\"\nname = \"x\"\n",
                 2,
-                "mapping.match",
+                "mapping[0].match",
             ),
-            ("[[mapping]]\nmatch = \"a.*\"\n", 2, "mapping.match"),
-            ("\n[[mapping]]\nname = \"x\"\n", 2, "mapping.match"),
+            ("[[mapping]]\nmatch = \"a.*\"\n", 2, "mapping[0].match"),
+            ("\n[[mapping]]\nname = \"x\"\n", 2, "mapping[0]"),
             (
                 "[[mapping]]\nmatch = \"a.*\"\nname = \"x\"\nlabels = { \"bad-name\" = \"1\" }\n",
                 4,
-                "mapping.labels",
+                "mapping[0].labels.bad-name",
             ),
         ] {
             let c = Config::from_toml(text).unwrap();

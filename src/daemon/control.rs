@@ -389,7 +389,7 @@ pub(super) async fn apply_listeners(s: &Shared, passed: &[Passed]) -> Result<(),
     let cfg = s.live.load();
     let want = Key::all(&cfg.config);
     let mut failed = Vec::new();
-    for k in &want {
+    for (n, k) in want.iter().enumerate() {
         if crate::sync::lock(&s.listeners).contains_key(k) {
             continue;
         }
@@ -420,7 +420,7 @@ pub(super) async fn apply_listeners(s: &Shared, passed: &[Passed]) -> Result<(),
                     .listener_up
                     .with_label_values(&[&k.label()])
                     .set(0);
-                failed.push(format!("{}: {e}", k.label()));
+                failed.push(super::bind_err(&want, n, &cfg, s.live.path(), e).to_string());
             }
         }
     }

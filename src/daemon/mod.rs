@@ -80,14 +80,42 @@ pub enum StartError {
     /// The config file is invalid.
     #[error("invalid config: {0}")]
     Config(#[from] ConfigError),
-    /// A socket could not be bound.
-    #[error("cannot bind {what}: {source}")]
+    /// A socket could not be bound: one sentence naming the listener, where the config sets
+    /// it, its address and the OS reason.
+    #[error("cannot {what} {address} ({origin}): {}", os_reason(source))]
     Bind {
-        /// Which listener.
-        what: String,
+        /// What was being done: "bind the UDP listener", "load the TLS files for".
+        what: &'static str,
+        /// The address or path.
+        address: String,
+        /// Where it is configured: "/etc/tallyd.toml, line 7", or a default's description.
+        origin: String,
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// An OS error as the end of a sentence: "address already in use", without the errno.
+fn os_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = match text.find(" (os error ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// Where the config sets something at `line` (`None`: left to its default).
+fn origin(path: Option<&std::path::Path>, line: Option<usize>, default: &str) -> String {
+    match (path, line) {
+        (Some(p), Some(line)) => format!("{}, line {line}", p.display()),
+        (Some(p), None) => format!("{default}, {} does not set it", p.display()),
+        (None, _) => format!("{default}, embedded defaults"),
+    }
 }
 
 /// A listener's identity: its whole config section (changing any key re-binds it).
@@ -185,6 +213,20 @@ impl Daemon {
             tracing::warn!("config: {w}");
         }
         let http_cfg = snapshot.config.http.clone();
+        let http_origin = origin(
+            opts.config_path.as_deref(),
+            snapshot.origins.http,
+            "the default [http] listen",
+        );
+        let http_err = |what: &'static str| {
+            let (address, origin) = (http_cfg.listen.to_string(), http_origin.clone());
+            move |source| StartError::Bind {
+                what,
+                address,
+                origin,
+                source,
+            }
+        };
         let telemetry = Arc::new(Telemetry::new());
         let store = Store::new(opts.clock.clone(), telemetry.reserved_names());
         let live = Live::new(snapshot, opts.config_path.clone(), text);
@@ -210,14 +252,17 @@ impl Daemon {
         });
         let http = match given {
             Some(l) => {
-                l.set_nonblocking(true).map_err(|e| bind_err("http", e))?;
-                tokio::net::TcpListener::from_std(l).map_err(|e| bind_err("http", e))?
+                l.set_nonblocking(true)
+                    .map_err(http_err("use the HTTP listener"))?;
+                tokio::net::TcpListener::from_std(l).map_err(http_err("use the HTTP listener"))?
             }
             None => tokio::net::TcpListener::bind(http_cfg.listen)
                 .await
-                .map_err(|e| bind_err(&format!("http {}", http_cfg.listen), e))?,
+                .map_err(http_err("bind the HTTP listener"))?,
         };
-        let http_addr = http.local_addr().map_err(|e| bind_err("http", e))?;
+        let http_addr = http
+            .local_addr()
+            .map_err(http_err("use the HTTP listener"))?;
         let drops_listeners = listeners.clone();
         let state = Arc::new(State {
             store,
@@ -232,8 +277,8 @@ impl Daemon {
                 }
             }),
         });
-        let tls =
-            crate::export::http::tls_acceptor(&http_cfg).map_err(|e| bind_err("http TLS", e))?;
+        let tls = crate::export::http::tls_acceptor(&http_cfg)
+            .map_err(http_err("load the TLS files for the HTTP listener"))?;
         let http_task = tokio::spawn(crate::export::http::serve(
             http,
             state,
@@ -335,9 +380,37 @@ impl Daemon {
     }
 }
 
-fn bind_err(what: &str, source: std::io::Error) -> StartError {
+/// The error for the listener `all[n]` (of `cfg`, read from `path`) that cannot bind.
+pub(crate) fn bind_err(
+    all: &[Key],
+    n: usize,
+    cfg: &Snapshot,
+    path: Option<&std::path::Path>,
+    source: std::io::Error,
+) -> StartError {
+    let key = &all[n];
+    let kind = std::mem::discriminant(key);
+    let index = all[..n]
+        .iter()
+        .filter(|k| std::mem::discriminant(*k) == kind)
+        .count();
+    let (what, lines, default) = match key {
+        Key::Udp(_) => (
+            "bind the UDP listener",
+            &cfg.origins.udp,
+            "the default [[udp]]",
+        ),
+        Key::Tcp(_) => ("bind the TCP listener", &cfg.origins.tcp, "[[tcp]]"),
+        Key::Unixgram(_) => (
+            "bind the unixgram listener",
+            &cfg.origins.unixgram,
+            "[[unixgram]]",
+        ),
+    };
     StartError::Bind {
-        what: what.to_string(),
+        what,
+        address: key.label(),
+        origin: origin(path, lines.get(index).copied(), default),
         source,
     }
 }
@@ -379,7 +452,8 @@ impl Starting {
         let s = self.shared.clone();
         let cfg = s.live.load();
         let mut started = HashMap::new();
-        for key in Key::all(&cfg.config) {
+        let all = Key::all(&cfg.config);
+        for (n, key) in all.iter().cloned().enumerate() {
             match start_listener(&key, &self.passed, &s) {
                 Ok(r) => {
                     started.insert(key, r);
@@ -389,7 +463,7 @@ impl Starting {
                         Running::stop(r);
                     }
                     let _ = s.stop_tx.send(true);
-                    return Err(bind_err(&key.label(), e));
+                    return Err(bind_err(&all, n, &cfg, s.live.path(), e));
                 }
             }
         }
