@@ -19,6 +19,8 @@
 //! - [`telemetry`]: tallyd's own metrics, every failure mode a named counter.
 //! - [`ready`]: the readiness flag and what it guards.
 //! - [`clock`]: the injected clock every timer reads.
+//! - [`log`]: the log writer: a bounded queue to stderr that never blocks a thread that logs,
+//!   its drops counted.
 //! - [`sync`]: the facade over atomics and the config cell that loom swaps out.
 //!
 //! # How a datagram flows
@@ -63,5 +65,7 @@ pub mod daemon;
 pub mod export;
 #[cfg(not(loom))]
 pub mod ingest;
+#[cfg(not(loom))]
+pub mod log;
 #[cfg(not(loom))]
 pub mod telemetry;

@@ -4,6 +4,7 @@
 //! the binary is an empty stub so that `cargo test --test loom` can build it.
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -51,6 +52,7 @@ mod logging {
     use std::io::IsTerminal;
 
     use tallyd::config::{Log, LogFormat};
+    use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::{EnvFilter, Layer as _, Registry, reload};
@@ -64,8 +66,10 @@ mod logging {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log.level.as_str()))
     }
 
-    fn format(log: &Log) -> Format {
-        let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    fn format(log: &Log, writer: NonBlocking) -> Format {
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .log_internal_errors(false);
         match log.format {
             LogFormat::Json => layer.json().boxed(),
             LogFormat::Logfmt => layer
@@ -76,20 +80,25 @@ mod logging {
         }
     }
 
-    /// Installs the logger for `log`; returns what applies a new `[log]` to it.
-    pub fn init(log: &Log) -> tallyd::daemon::LogReload {
+    /// Installs the logger for `log`; returns what applies a new `[log]` to it, and the guard
+    /// that flushes queued lines when dropped.
+    pub fn init(log: &Log) -> (tallyd::daemon::LogReload, WorkerGuard) {
+        let (writer, guard) = tallyd::log::stderr();
         let (level_layer, filter_handle) = reload::Layer::new(filter(log));
-        let (format_layer, format_handle) = reload::Layer::new(format(log));
+        let (format_layer, format_handle) = reload::Layer::new(format(log, writer.clone()));
         Registry::default()
             .with(level_layer)
             .with(format_layer)
             .init();
-        std::sync::Arc::new(move |log: &Log| {
+        let reload: tallyd::daemon::LogReload = std::sync::Arc::new(move |log: &Log| {
             filter_handle
                 .reload(filter(log))
                 .map_err(|e| e.to_string())?;
-            format_handle.reload(format(log)).map_err(|e| e.to_string())
-        })
+            format_handle
+                .reload(format(log, writer.clone()))
+                .map_err(|e| e.to_string())
+        });
+        (reload, guard)
     }
 }
 
@@ -153,7 +162,7 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
-    let log_reload = logging::init(&cfg.log);
+    let (log_reload, _log_guard) = logging::init(&cfg.log);
     // SAFETY: no other thread exists yet (the runtime is built below), and nothing else in the
     // process takes the passed descriptors.
     #[allow(unsafe_code)]
@@ -184,13 +193,17 @@ fn main() -> ExitCode {
             }
         }
         match Daemon::start(opts).await {
-            Ok(d) => {
-                d.wait().await;
-                ExitCode::SUCCESS
-            }
+            Ok(d) => match d.wait().await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            },
             Err(e) => {
                 tracing::error!("{e}");
-                eprintln!("tallyd: {e}");
+                // Also unformatted, for a terminal; stderr may be gone (nothing to do then).
+                let _ = writeln!(std::io::stderr(), "tallyd: {e}");
                 ExitCode::FAILURE
             }
         }

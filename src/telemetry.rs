@@ -80,6 +80,9 @@ pub struct Telemetry {
     pub restart_required: IntGauge,
     /// `tallyd_listener_up{listener}`.
     pub listener_up: IntGaugeVec,
+    /// `tallyd_log_lines_dropped_total{reason}`: `queue_full`, `write_failed` (mirrored from
+    /// [`crate::log::dropped`] at scrape time).
+    pub log_dropped: [IntCounter; 2],
     /// `tallyd_tcp_connections{listener}`: open now.
     pub tcp_connections: IntGaugeVec,
     /// `tallyd_tcp_connections_accepted_total{listener}`: accepted and served.
@@ -302,6 +305,20 @@ impl Telemetry {
                  tls_cert_file, tls_key_file, max_connections, header_read_timeout (and [log] \
                  where the logger cannot change live). The reload log names them.",
             ),
+            log_dropped: {
+                let v = counter_vec(
+                    &r,
+                    "tallyd_log_lines_dropped_total",
+                    "Log lines dropped, by reason: queue_full (more than the log queue holds \
+                     were waiting for stderr) or write_failed (stderr refused them, e.g. a \
+                     closed pipe).",
+                    "reason",
+                );
+                [
+                    v.with_label_values(&["queue_full"]),
+                    v.with_label_values(&["write_failed"]),
+                ]
+            },
             listener_up: gauge_vec(
                 &r,
                 "tallyd_listener_up",

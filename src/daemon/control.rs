@@ -94,6 +94,10 @@ pub(super) fn watchdog(s: &Shared) -> Option<tokio::task::JoinHandle<()>> {
             if alive {
                 progress = s.store.now();
             }
+            if s.died().is_some() {
+                // A dead worker: no more pings; the daemon is stopping.
+                break;
+            }
             if s.store.now().saturating_sub(progress) <= grace {
                 systemd::watchdog_ping();
                 withheld = false;

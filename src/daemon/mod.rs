@@ -186,7 +186,36 @@ pub(crate) struct Shared {
     started: Arc<Snapshot>,
     /// Applies `[log]` live, if the logger can.
     log_reload: Option<LogReload>,
+    /// The first ingest worker that died, if one did: the daemon is stopping and exits
+    /// non-zero.
+    died: Arc<std::sync::OnceLock<String>>,
 }
+
+impl Shared {
+    /// What an ingest worker's death does: not ready at once, no more watchdog pings, an
+    /// ERROR line, and a stop (as on SIGTERM) after which [`Daemon::wait`] returns an error,
+    /// so the supervisor restarts tallyd instead of keeping a half-alive daemon.
+    fn on_death(&self) -> ingest::OnDeath {
+        let (ready, died, stop) = (self.ready.clone(), self.died.clone(), self.stop_tx.clone());
+        Arc::new(move |name: &str| {
+            ready.set_not_ready();
+            if died.set(name.to_string()).is_ok() {
+                tracing::error!(worker = name, "an ingest worker died; stopping tallyd");
+            }
+            let _ = stop.send(true);
+        })
+    }
+
+    /// The worker that died, if one did.
+    pub(crate) fn died(&self) -> Option<&str> {
+        self.died.get().map(String::as_str)
+    }
+}
+
+/// [`Daemon::wait`]'s error: the daemon stopped because an ingest worker died.
+#[derive(Debug, thiserror::Error)]
+#[error("the ingest worker {0} died; tallyd stopped")]
+pub struct WorkerDied(pub String);
 
 /// A running daemon.
 pub struct Daemon {
@@ -244,6 +273,7 @@ impl Daemon {
             stop_tx,
             started: live.load(),
             log_reload: opts.log_reload,
+            died: Default::default(),
         };
         let passed = opts.passed;
         let given = opts.http_listener.or_else(|| {
@@ -336,6 +366,11 @@ impl Daemon {
         &self.shared.telemetry
     }
 
+    /// What `/-/ready` answers: 200 if true.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.is_ready()
+    }
+
     /// Asks for a reload as SIGHUP does; returns the outcome text.
     pub async fn reload(&self) -> Result<String, String> {
         let (tx, rx) = oneshot::channel();
@@ -367,8 +402,9 @@ impl Daemon {
         }
     }
 
-    /// Runs until [`Options::shutdown`] resolves or the control loop ends, then stops.
-    pub async fn wait(self) {
+    /// Runs until [`Options::shutdown`] resolves, the control loop ends or an ingest worker
+    /// dies, then stops; the error says which worker died.
+    pub async fn wait(self) -> Result<(), WorkerDied> {
         let stopped = self.shared.stop_tx.subscribe();
         let mut stopped = stopped;
         while !*stopped.borrow() {
@@ -376,7 +412,12 @@ impl Daemon {
                 break;
             }
         }
+        let died = self.shared.died().map(str::to_string);
         self.shutdown().await;
+        match died {
+            Some(name) => Err(WorkerDied(name)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -421,6 +462,7 @@ pub(crate) fn start_listener(key: &Key, passed: &[Passed], s: &Shared) -> std::i
         store: s.store.clone(),
         live: s.live.clone(),
         telemetry: s.telemetry.clone(),
+        on_death: s.on_death(),
     };
     let passed = take_passed(passed, |p| claims(key, p));
     match key {

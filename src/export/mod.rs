@@ -52,6 +52,9 @@ pub fn render_chunks(
     }
     telemetry.series.set(store.series_count() as i64);
     Telemetry::catch_up(&telemetry.expired, store.expired_total());
+    let (queue_full, write_failed) = crate::log::dropped();
+    Telemetry::catch_up(&telemetry.log_dropped[0], queue_full);
+    Telemetry::catch_up(&telemetry.log_dropped[1], write_failed);
     let families = telemetry.registry.gather();
     let mut buf = Vec::new();
     if prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut buf).is_ok() {

@@ -44,6 +44,35 @@ pub struct Sinks {
     pub live: Arc<crate::config::live::Live>,
     /// tallyd's own metrics.
     pub telemetry: Arc<Telemetry>,
+    /// Told the name of an ingest thread or task that dies (panics).
+    pub on_death: OnDeath,
+}
+
+/// What to do when an ingest worker dies: given its name.
+pub type OnDeath = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Reports its worker's death: dropped while its thread or task unwinds from a panic, it calls
+/// the [`OnDeath`] it holds. A worker that returns normally drops it silently.
+pub(crate) struct DeathWatch {
+    name: String,
+    on_death: OnDeath,
+}
+
+impl DeathWatch {
+    pub(crate) fn new(name: impl Into<String>, on_death: &OnDeath) -> Self {
+        Self {
+            name: name.into(),
+            on_death: on_death.clone(),
+        }
+    }
+}
+
+impl Drop for DeathWatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            (self.on_death)(&self.name);
+        }
+    }
 }
 
 impl Sinks {
@@ -463,9 +492,11 @@ impl DatagramWorker {
             bufs,
             beat: beat.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || worker.run())?;
+        let watch = DeathWatch::new(&name, &sinks.on_death);
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            let _watch = watch;
+            worker.run()
+        })?;
         Ok((thread, (beat, AtomicU64::new(u64::MAX))))
     }
 
@@ -494,6 +525,10 @@ impl DatagramWorker {
                         counted.datagrams += 1;
                         counted.bytes += d.len() as u64;
                         counted.truncated += u64::from(cut);
+                        #[cfg(feature = "fault-injection")]
+                        if d.starts_with(FAULT) {
+                            panic!("fault injected by a test datagram");
+                        }
                         self.writer.ingest(d, cut);
                     }
                     let now = std::time::Instant::now();
@@ -545,6 +580,12 @@ impl DatagramWorker {
     }
 }
 
+/// A datagram that starts with this kills the worker that reads it, in a build with the
+/// `fault-injection` feature (the tests' build, never a release): how the tests make a worker
+/// die.
+#[cfg(feature = "fault-injection")]
+pub const FAULT: &[u8] = b"tallyd.fault.injection:1|c";
+
 /// Aborts a task when dropped (when its owner task is aborted).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -585,7 +626,11 @@ pub fn start_tcp(cfg: &Tcp, listener: std::net::TcpListener, sinks: &Sinks) -> i
     let (max_line, idle) = (cfg.max_line_length as usize, cfg.idle_timeout);
     let tel = t.clone();
     let tick_writer = writer.clone();
+    let on_death = sinks.on_death.clone();
+    let task_watch = DeathWatch::new(format!("{label} accept"), &on_death);
+    let conn_name = format!("{label} connection");
     let task = tokio::spawn(async move {
+        let _watch = task_watch;
         // Keep the writer's epoch and config current while connections are idle.
         let _ticker = AbortOnDrop(tokio::spawn(async move {
             let mut iv = tokio::time::interval(IDLE_TICK);
@@ -605,7 +650,9 @@ pub fn start_tcp(cfg: &Tcp, listener: std::net::TcpListener, sinks: &Sinks) -> i
             };
             accepted.inc();
             let (w, c, t, open) = (writer.clone(), counters.clone(), tel.clone(), open.clone());
+            let watch = DeathWatch::new(&conn_name, &on_death);
             tokio::spawn(async move {
+                let _watch = watch;
                 let _permit = permit;
                 open.inc();
                 serve_stream(stream, &w, &c, &t, max_line, idle).await;

@@ -403,6 +403,17 @@ impl Spawned {
     /// address from the process's socket table ([`udp_addrs_of`]). No port is picked by the
     /// test, so none can be taken by another test in between.
     pub fn start(extra: &str) -> Self {
+        Self::launch(extra, false)
+    }
+
+    /// As [`Spawned::start`], but stderr is a pipe that the test reads (into the log file)
+    /// until tallyd says it is ready, and then closes: every later write to stderr fails with
+    /// EPIPE, as when the reader of `tallyd 2>&1 | tool` has exited.
+    pub fn start_stderr_closed_after_ready(extra: &str) -> Self {
+        Self::launch(extra, true)
+    }
+
+    fn launch(extra: &str, close_stderr: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("tallyd.toml");
         std::fs::write(&config_path, binary_config(extra)).expect("write config");
@@ -414,9 +425,29 @@ impl Spawned {
             // The config's [log] is what a test sets; RUST_LOG would override it.
             .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::null())
-            .stderr(log)
+            .stderr(if close_stderr {
+                std::process::Stdio::piped()
+            } else {
+                log.into()
+            })
             .spawn()
             .expect("spawn tallyd");
+        if close_stderr {
+            use std::io::BufRead as _;
+            let pipe = child.stderr.take().expect("piped stderr");
+            let mut log = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&log_path)
+                .expect("log file");
+            for line in std::io::BufReader::new(pipe).lines() {
+                let line = line.expect("read tallyd's stderr");
+                writeln!(log, "{line}").expect("copy to the log file");
+                if line.contains("tallyd is ready") {
+                    break;
+                }
+            }
+            // The reader is dropped here: the pipe has no reader from now on.
+        }
         let http = wait_logged_addr(&mut child, &log_path, "HTTP endpoint serving", "address");
         let mut s = Self {
             child,
