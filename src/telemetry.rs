@@ -93,6 +93,12 @@ pub struct Telemetry {
     pub tcp_too_long: IntCounterVec,
     /// `tallyd_scrape_errors_total`: writes to a scraper that failed mid-response.
     pub scrape_errors: IntCounter,
+    /// `tallyd_http_connections_shed_total{reason}`: `idle`, `stalled_write`.
+    pub http_shed: IntCounterVec,
+    /// `tallyd_http_write_timeouts_total`.
+    pub http_write_timeouts: IntCounter,
+    /// `tallyd_http_auth_failures_total{reason}`: `denied`, `busy`.
+    pub auth_failures: [IntCounter; 2],
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -302,7 +308,8 @@ impl Telemetry {
                 &r,
                 "tallyd_config_restart_required",
                 "1 if settings of the file in force wait for a restart: [http] listen, \
-                 tls_cert_file, tls_key_file, max_connections, header_read_timeout (and [log] \
+                 tls_cert_file, tls_key_file, max_connections, header_read_timeout, \
+                 write_timeout (and [log] \
                  where the logger cannot change live). The reload log names them.",
             ),
             log_dropped: {
@@ -350,6 +357,33 @@ impl Telemetry {
                  tallyd_parse_errors_total{reason=\"line_too_long\"}).",
                 "listener",
             ),
+            http_shed: counter_vec(
+                &r,
+                "tallyd_http_connections_shed_total",
+                "HTTP connections closed to make room for a new one at [http] max_connections, \
+                 by reason: idle (no request in progress) or stalled_write (a response blocked \
+                 on a client that reads nothing).",
+                "reason",
+            ),
+            http_write_timeouts: counter(
+                &r,
+                "tallyd_http_write_timeouts_total",
+                "HTTP connections closed because a write stayed blocked for [http] \
+                 write_timeout.",
+            ),
+            auth_failures: {
+                let v = counter_vec(
+                    &r,
+                    "tallyd_http_auth_failures_total",
+                    "Requests refused by basic auth, by reason: denied (missing or wrong \
+                     credentials, 401) or busy (too many verifications waiting, 429).",
+                    "reason",
+                );
+                [
+                    v.with_label_values(&["denied"]),
+                    v.with_label_values(&["busy"]),
+                ]
+            },
             scrape_errors: counter(
                 &r,
                 "tallyd_scrape_errors_total",

@@ -105,6 +105,10 @@ pub struct Http {
     /// Time allowed to read a request's headers.
     #[serde(deserialize_with = "duration")]
     pub header_read_timeout: Duration,
+    /// Time a response's write may stay blocked on a client that reads nothing before the
+    /// connection is closed.
+    #[serde(deserialize_with = "duration")]
+    pub write_timeout: Duration,
     /// PEM certificate chain; with `tls_key_file`, the endpoint serves HTTPS only.
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key for `tls_cert_file`.
@@ -122,6 +126,7 @@ impl Default for Http {
             enable_lifecycle: false,
             max_connections: 64,
             header_read_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
             tls_cert_file: None,
             tls_key_file: None,
             basic_auth_users: Default::default(),
@@ -514,6 +519,14 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
+        for (key, d) in [
+            ("header_read_timeout", self.http.header_read_timeout),
+            ("write_timeout", self.http.write_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                err(&[Key("http"), Key(key)], "must be at least 100ms".into());
+            }
+        }
         if self.defaults.set_window < Duration::from_secs(1) {
             err(
                 &[Key("defaults"), Key("set_window")],
@@ -566,6 +579,7 @@ impl Config {
             || a.tls_key_file != b.tls_key_file
             || a.max_connections != b.max_connections
             || a.header_read_timeout != b.header_read_timeout
+            || a.write_timeout != b.write_timeout
     }
 }
 

@@ -340,8 +340,11 @@ fn restart_pending(s: &Shared) -> Vec<&'static str> {
     if a.tls_cert_file != b.tls_cert_file || a.tls_key_file != b.tls_key_file {
         keys.push("[http] tls_cert_file/tls_key_file");
     }
-    if a.max_connections != b.max_connections || a.header_read_timeout != b.header_read_timeout {
-        keys.push("[http] max_connections/header_read_timeout");
+    if a.max_connections != b.max_connections
+        || a.header_read_timeout != b.header_read_timeout
+        || a.write_timeout != b.write_timeout
+    {
+        keys.push("[http] max_connections/header_read_timeout/write_timeout");
     }
     if s.log_reload.is_none() && s.started.config.log != now.config.log {
         keys.push("[log]");

@@ -313,8 +313,11 @@ impl Daemon {
             http,
             state,
             tls,
-            http_cfg.max_connections,
-            http_cfg.header_read_timeout,
+            crate::export::http::Limits {
+                max_connections: http_cfg.max_connections,
+                header_read_timeout: http_cfg.header_read_timeout,
+                write_timeout: http_cfg.write_timeout,
+            },
             stop_rx,
         ));
         tracing::info!(address = %http_addr, "HTTP endpoint serving /metrics");

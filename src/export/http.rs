@@ -1,15 +1,18 @@
 //! The HTTP endpoint (hyper 1.x, HTTP/1.1): `GET /metrics`, `GET /-/healthy`, `GET /-/ready`,
 //! `POST /-/reload`.
 //!
-//! Hardened for an endpoint that anyone on the host can reach: a header-read timeout, a cap on
-//! concurrent connections (more wait in the kernel's accept queue), request bodies never read,
-//! only the methods each path serves (405 otherwise). `/metrics` is gzip-compressed (level
-//! fast) when the client asks for it, and rendered on a blocking thread so the async workers
-//! stay responsive during a large scrape.
+//! Hardened for an endpoint that anyone on the host can reach: a header-read timeout, a write
+//! timeout, a cap on concurrent connections that sheds idle and stalled clients before a new
+//! one waits ([`super::conn`]), request bodies never read, only the methods each path serves
+//! (405 otherwise), basic auth whose cost is bounded ([`super::auth`]). `/metrics` is
+//! gzip-compressed (level fast) when the client accepts it, and rendered on a blocking thread
+//! so the async workers stay responsive during a large scrape. A response that cannot be
+//! finished ends the connection without its terminating chunk, so the client sees an error.
 
 use std::convert::Infallible;
 use std::io::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,9 +22,11 @@ use hyper::body::Incoming;
 use hyper::header::{ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::auth::{Auth, Verdict};
+use super::conn::{Conn, ResponseGuard, Table, Tracked};
 
 use crate::config::live::Live;
 use crate::ready::Readiness;
@@ -62,13 +67,22 @@ pub struct State {
     pub before_scrape: Box<dyn Fn() + Send + Sync>,
 }
 
-type Body = BoxBody<Bytes, Infallible>;
+/// Why a body ended early.
+type BodyError = Box<dyn std::error::Error + Send + Sync>;
+type Body = BoxBody<Bytes, BodyError>;
 
-/// How long a scrape may leave a chunk of its response unread before it is cut off.
-pub const RESPONSE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the render thread waits for the connection to take a chunk before it gives up: a
+/// backstop (the write timeout ends a stalled connection first, and the render sees it gone).
+pub const RESPONSE_STALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()).boxed());
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -87,19 +101,81 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
     r
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// Serves one request of `conn`; the response holds `conn`'s response guard until its body is
+/// done.
+async fn handle(
+    state: Arc<State>,
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let guard = conn.begin_response();
+    let r = respond(&state, req).await;
+    let (parts, body) = r.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        Guarded {
+            body,
+            _guard: guard,
+        }
+        .boxed(),
+    ))
+}
+
+/// A body that keeps its connection's response guard until it is dropped.
+struct Guarded {
+    body: Body,
+    _guard: ResponseGuard,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     let path = req.uri().path();
-    if (path == "/metrics" || path == "/-/reload")
-        && !state
+    if path == "/metrics" || path == "/-/reload" {
+        let users = &state.live.load().config.http.basic_auth_users;
+        match state
             .auth
-            .allows(&state.live.load().config.http.basic_auth_users, &req)
+            .check(users, req.headers().get(hyper::header::AUTHORIZATION))
             .await
-    {
-        return Ok(unauthorized());
+        {
+            Verdict::Allowed => {}
+            Verdict::Denied => {
+                state.telemetry.auth_failures[0].inc();
+                return unauthorized();
+            }
+            Verdict::Busy => {
+                state.telemetry.auth_failures[1].inc();
+                let mut r = text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many authentication attempts in progress; try again\n",
+                );
+                r.headers_mut()
+                    .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
+        }
     }
-    Ok(match req.uri().path() {
-        "/metrics" if get => metrics(&state, &req).await,
+    match req.uri().path() {
+        "/metrics" if get => metrics(state, &req).await,
         "/-/healthy" if get => text(StatusCode::OK, "OK\n"),
         "/-/ready" if get => {
             if state.ready.is_ready() {
@@ -111,10 +187,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         "/metrics" | "/-/healthy" | "/-/ready" => method_not_allowed("GET, HEAD"),
         "/-/reload" if req.method() == Method::POST => {
             if !state.live.load().config.http.enable_lifecycle {
-                return Ok(text(
+                return text(
                     StatusCode::FORBIDDEN,
                     "lifecycle endpoints are disabled; set [http] enable_lifecycle = true\n",
-                ));
+                );
             }
             let (tx, rx) = oneshot::channel();
             if state
@@ -123,7 +199,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
                 .await
                 .is_err()
             {
-                return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"));
+                return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
             }
             match rx.await {
                 Ok(Ok(msg)) => text(StatusCode::OK, format!("{msg}\n")),
@@ -137,7 +213,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             "tallyd: see /metrics, /-/healthy, /-/ready\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
-    })
+    }
 }
 
 /// The streamed `/metrics` body: the render thread's chunks, in order. It ends only once the
@@ -146,20 +222,53 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
 /// it polls its frame queue, then its error oneshot, and if the sender sends its last chunks
 /// and is dropped between those two polls it ends the body with the chunks still queued, so a
 /// scrape came back 200 with an empty or truncated exposition.
-struct ChunkBody(mpsc::Receiver<Bytes>);
+///
+/// The render thread sets `complete` before it drops its sender, only if it rendered
+/// everything: a body whose channel ends without it fails instead of ending, and hyper then
+/// closes the connection without the terminating chunk, so the client sees a cut response as
+/// an error, never as a complete scrape.
+struct ChunkBody {
+    rx: mpsc::Receiver<Bytes>,
+    complete: Arc<AtomicBool>,
+}
 
 impl hyper::body::Body for ChunkBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        self.rx.poll_recv(cx).map(|chunk| match chunk {
+            Some(b) => Some(Ok(hyper::body::Frame::data(b))),
+            None if self.complete.load(Ordering::Acquire) => None,
+            None => Some(Err("the scrape could not be rendered whole".into())),
+        })
     }
+}
+
+/// True if an `Accept-Encoding` value accepts gzip: `gzip` (or `x-gzip`, or else `*`) with a
+/// q-value above 0 (RFC 9110: `gzip;q=0` refuses it).
+fn accepts_gzip(header: &str) -> bool {
+    let (mut gzip, mut any) = (None, None);
+    for item in header.split(',') {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or("").trim();
+        let q = parts
+            .filter_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                k.trim().eq_ignore_ascii_case("q").then(|| v.trim())
+            })
+            .next()
+            .map_or(1.0, |v| v.parse::<f32>().unwrap_or(0.0));
+        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(q);
+        } else if coding == "*" {
+            any = Some(q);
+        }
+    }
+    gzip.or(any).is_some_and(|q| q > 0.0)
 }
 
 async fn metrics(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
@@ -167,15 +276,31 @@ async fn metrics(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> 
         .headers()
         .get(ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|e| e.trim().split(';').next() == Some("gzip"))
-        });
+        .is_some_and(accepts_gzip);
+    let headers = |mut r: Response<Body>| {
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        if gzip {
+            r.headers_mut()
+                .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        r
+    };
+    if req.method() == Method::HEAD {
+        // The headers a GET would get; nothing rendered, nothing counted.
+        return headers(Response::new(full(Bytes::new())));
+    }
     // The body streams from a blocking thread through a small channel: the scrape's memory is
     // a few chunks, and a slow client stalls only its own render (the registry lock is held
     // for one chunk at a time, never while waiting for the client).
     let (tx, rx) = mpsc::channel::<Bytes>(2);
-    let body = ChunkBody(rx);
+    let complete = Arc::new(AtomicBool::new(false));
+    let body = ChunkBody {
+        rx,
+        complete: complete.clone(),
+    };
     let st = state.clone();
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
@@ -207,25 +332,19 @@ async fn metrics(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> 
             };
             ok
         });
-        if !ok {
+        if ok && let Some(enc) = gz {
+            ok = match enc.finish() {
+                Ok(tail) => tail.is_empty() || send(Bytes::from(tail)),
+                Err(_) => false,
+            };
+        }
+        if ok {
+            complete.store(true, Ordering::Release);
+        } else {
             st.telemetry.scrape_errors.inc();
-        } else if let Some(enc) = gz
-            && let Ok(tail) = enc.finish()
-            && !tail.is_empty()
-        {
-            send(Bytes::from(tail));
         }
     });
-    let mut r = Response::new(body.boxed());
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    if gzip {
-        r.headers_mut()
-            .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-    }
-    r
+    headers(Response::new(body.boxed()))
 }
 
 /// Builds the TLS acceptor from `[http] tls_cert_file` / `tls_key_file` (none when unset).
@@ -258,65 +377,6 @@ pub fn tls_acceptor(
     ))))
 }
 
-/// Checks HTTP basic auth against `[http] basic_auth_users` (bcrypt). A password that verified
-/// once is remembered (compared in constant time), so a scraper pays bcrypt's cost once, not
-/// on every scrape.
-#[derive(Default)]
-pub struct Auth {
-    verified: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
-}
-
-impl Auth {
-    async fn allows(
-        &self,
-        users: &std::collections::BTreeMap<String, String>,
-        req: &Request<Incoming>,
-    ) -> bool {
-        use base64::Engine as _;
-        if users.is_empty() {
-            return true;
-        }
-        let Some(cred) = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Basic "))
-            .and_then(|b| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(b.trim())
-                    .ok()
-            })
-            .and_then(|b| String::from_utf8(b).ok())
-        else {
-            return false;
-        };
-        let Some((user, pass)) = cred.split_once(':') else {
-            return false;
-        };
-        let Some(hash) = users.get(user) else {
-            return false;
-        };
-        let cached = crate::sync::lock(&self.verified).get(user).cloned();
-        if let Some((h, p)) = cached
-            && h == *hash
-            && bool::from(p.as_bytes().ct_eq(pass.as_bytes()))
-        {
-            return true;
-        }
-        let (pass, hash) = (pass.to_string(), hash.clone());
-        let ok = tokio::task::spawn_blocking({
-            let (pass, hash) = (pass.clone(), hash.clone());
-            move || bcrypt::verify(pass, &hash).unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
-        if ok {
-            crate::sync::lock(&self.verified).insert(user.to_string(), (hash, pass));
-        }
-        ok
-    }
-}
-
 fn unauthorized() -> Response<Body> {
     let mut r = text(StatusCode::UNAUTHORIZED, "authentication required\n");
     r.headers_mut().insert(
@@ -326,21 +386,31 @@ fn unauthorized() -> Response<Body> {
     r
 }
 
-/// Serves until `shutdown` turns true. `max_connections` caps concurrent connections.
+/// The HTTP server's limits (`[http]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Time to send a request's headers (and, with TLS, to finish the handshake).
+    pub header_read_timeout: Duration,
+    /// Time a response's write may stay blocked on a client that reads nothing.
+    pub write_timeout: Duration,
+}
+
+/// Serves until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<State>,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    max_connections: usize,
-    header_timeout: Duration,
+    limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(max_connections));
+    let table = Table::new(limits.max_connections);
+    let timed_out = {
+        let c = state.telemetry.http_write_timeouts.clone();
+        Arc::new(move || c.inc()) as Arc<dyn Fn() + Send + Sync>
+    };
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.changed() => return,
-        };
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -352,22 +422,48 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
+        // Responses go out as they are written, not after a delayed ACK (a keep-alive scrape
+        // would otherwise wait ~40 ms for its last segment).
+        let _ = stream.set_nodelay(true);
+        let slot = tokio::select! {
+            s = table.admit(|why| {
+                state.telemetry.http_shed.with_label_values(&[why.reason()]).inc();
+            }) => s,
+            _ = shutdown.changed() => return,
+        };
         let st = state.clone();
         let stop = shutdown.clone();
         let tls = tls.clone();
+        let io = Tracked::new(
+            stream,
+            slot.conn.clone(),
+            limits.write_timeout,
+            timed_out.clone(),
+        );
         tokio::spawn(async move {
-            let _permit = permit;
-            match tls {
-                None => connection(TokioIo::new(stream), st, header_timeout, stop).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => connection(TokioIo::new(s), st, header_timeout, stop).await,
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
+            let conn = slot.conn.clone();
+            let header_timeout = limits.header_read_timeout;
+            tokio::select! {
+                _ = async {
+                    match tls {
+                        None => connection(TokioIo::new(io), st, conn.clone(), header_timeout, stop).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(header_timeout, acceptor.accept(io)).await {
+                                Ok(Ok(s)) => connection(TokioIo::new(s), st, conn.clone(), header_timeout, stop).await,
+                                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            }
+                        }
                     }
-                }
+                } => {}
+                // Shed to make room: dropping the connection closes it at once.
+                _ = conn.shed() => {}
             }
+            drop(slot);
         });
+        // Let the new connection read its request before accepting the next: under a flood
+        // of connections it would otherwise sit behind every one accepted after it.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -375,12 +471,13 @@ pub async fn serve(
 async fn connection<IO>(
     io: TokioIo<IO>,
     st: Arc<State>,
+    conn: Arc<Conn>,
     header_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
+    let svc = hyper::service::service_fn(move |req| handle(st.clone(), conn.clone(), req));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
@@ -392,6 +489,31 @@ async fn connection<IO>(
         _ = stop.changed() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts_gzip;
+
+    #[test]
+    fn gzip_only_when_accepted_with_a_positive_q() {
+        for (header, want) in [
+            ("gzip", true),
+            ("GZIP", true),
+            ("deflate, gzip;q=0.5", true),
+            ("x-gzip", true),
+            ("*", true),
+            ("gzip;q=0", false),
+            ("gzip; q=0.0", false),
+            ("gzip;q=0, *", false),
+            ("*;q=0", false),
+            ("identity", false),
+            ("", false),
+            ("gzip;q=nonsense", false),
+        ] {
+            assert_eq!(accepts_gzip(header), want, "{header:?}");
         }
     }
 }

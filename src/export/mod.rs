@@ -4,13 +4,17 @@
 //!   chunk rendered and handed to the response body as it is made, then tallyd's own metrics;
 //! - [`text`]: the Prometheus text format 0.0.4, and the state it keeps across chunks;
 //! - [`http`]: the hyper service: `/metrics` (streamed, gzip on request), health, readiness,
-//!   the lifecycle endpoints, TLS and basic auth.
+//!   the lifecycle endpoints, TLS;
+//! - [`conn`]: the connection cap, who is shed when it is reached, the write timeout;
+//! - [`auth`]: basic auth with bcrypt, its cost bounded.
 //!
 //! Rendering cannot fail whatever the series hold: names and label names were sanitised when
 //! the series was created ([`crate::naming`]), label values are escaped here, and every value is
 //! a finite or infinite f64 printed in a form Prometheus parses. A scrape therefore always
 //! answers 200.
 
+pub mod auth;
+pub mod conn;
 pub mod http;
 pub mod text;
 
