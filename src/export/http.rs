@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::auth::{Auth, Verdict};
-use super::conn::{Conn, ResponseGuard, Table, Tracked};
+use super::conn::{Conn, Table, Tracked};
 
 use crate::config::live::Live;
 use crate::ready::Readiness;
@@ -111,40 +111,12 @@ async fn handle(
     let guard = conn.begin_response();
     let r = respond(&state, req).await;
     let (parts, body) = r.into_parts();
-    Ok(Response::from_parts(
-        parts,
-        Guarded {
-            body,
-            _guard: guard,
-        }
-        .boxed(),
-    ))
-}
-
-/// A body that keeps its connection's response guard until it is dropped.
-struct Guarded {
-    body: Body,
-    _guard: ResponseGuard,
-}
-
-impl hyper::body::Body for Guarded {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
+    // The closure owns the guard, so the guard lives exactly as long as the body.
+    let body = body.map_err(move |e| {
+        let _ = &guard;
+        e
+    });
+    Ok(Response::from_parts(parts, body.boxed()))
 }
 
 async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
