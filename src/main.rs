@@ -110,9 +110,13 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let loose = tallyd::config::permission_warnings(path);
     match Snapshot::check(&text) {
         Ok(s) => {
             for w in &s.warnings {
+                eprintln!("{}: warning: {w}", path.display());
+            }
+            for w in &loose {
                 eprintln!("{}: warning: {w}", path.display());
             }
             println!("{}: ok", path.display());
@@ -123,6 +127,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 eprintln!("{}: error: {e}", path.display());
             }
             for w in &warnings {
+                eprintln!("{}: warning: {w}", path.display());
+            }
+            for w in &loose {
                 eprintln!("{}: warning: {w}", path.display());
             }
             eprintln!(

@@ -82,3 +82,41 @@ fn every_fixture_matches_its_golden_output() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A config file, or its directory, that every user may write to is a warning: anyone on the
+/// host could change what tallyd does at its next reload. Git keeps no such modes, so the files
+/// are made here.
+#[test]
+fn a_config_file_or_directory_anyone_can_write_is_a_warning() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    let file = open.join("tallyd.toml");
+    std::fs::write(&file, "[limits]\nmax_series = 10\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = Command::new(common::binary())
+        .args(["check-config", "tallyd.toml"])
+        .current_dir(&open)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "tallyd.toml: warning: tallyd.toml is writable by every user (mode 0666): anyone on the \
+         host can change tallyd's config; chmod o-w it\n\
+         tallyd.toml: warning: the directory . is writable by every user (mode 0777): anyone on \
+         the host can replace tallyd's config file\n"
+    );
+    // The sticky bit (as on /tmp) keeps others from replacing the file: no directory warning.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(common::binary())
+        .args(["check-config", "tallyd.toml"])
+        .current_dir(&open)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}

@@ -271,3 +271,27 @@ fn swap_symlink(root: &Path, target: &str) {
     std::os::unix::fs::symlink(target, &tmp).unwrap();
     std::fs::rename(&tmp, root.join("..data")).unwrap();
 }
+
+/// A reload of a config file that every user may write logs a warning naming the file and
+/// its mode (the new config still applies: the warning is about who else could change it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_warns_of_a_config_file_anyone_can_write() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let d = tokio::task::spawn_blocking(|| Spawned::start(""))
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&d.config_path).unwrap();
+    // The mode first: whichever reload applies the new text (the watcher's or SIGHUP's) sees it.
+    std::fs::set_permissions(&d.config_path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::write(&d.config_path, format!("{text}\n{RENAME}")).unwrap();
+    d.signal(libc::SIGHUP);
+    wait_renamed(d.http, d.udp).await;
+    wait_log(
+        &d,
+        &format!(
+            "{} is writable by every user (mode 0666)",
+            d.config_path.display()
+        ),
+    )
+    .await;
+}

@@ -90,14 +90,22 @@ impl Snapshot {
                 warnings: Vec::new(),
             });
         };
+        let with_config = |mut w: Vec<ConfigError>| {
+            w.extend(config.warnings(text));
+            w.sort_by_key(|e| (e.line, e.column));
+            w
+        };
         match Mapper::compile(&config.mapping, text) {
             Ok((mapper, warnings)) if errors.is_empty() => Ok(Self {
+                warnings: with_config(warnings),
                 origins: Origins::of(text, &config),
                 config,
                 mapper,
-                warnings,
             }),
-            Ok((_, warnings)) => Err(Refused { errors, warnings }),
+            Ok((_, warnings)) => Err(Refused {
+                warnings: with_config(warnings),
+                errors,
+            }),
             Err(more) => {
                 errors.extend(more);
                 errors.sort_by_key(|e| (e.line, e.column));
@@ -226,11 +234,15 @@ impl Live {
             }
         };
         let old = self.cell.load();
+        let mut warnings: Vec<String> = new.warnings.iter().map(ToString::to_string).collect();
+        if let Some(path) = &self.path {
+            warnings.extend(super::permission_warnings(path));
+        }
         let out = Reloaded {
             listeners_changed: old.config.listeners_differ(&new.config),
             http_changed: old.config.http_differs(&new.config),
             log_changed: old.config.log != new.config.log,
-            warnings: new.warnings.iter().map(ToString::to_string).collect(),
+            warnings,
         };
         self.cell.store(Arc::new(new));
         st.applied = Some(text);

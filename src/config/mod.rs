@@ -415,6 +415,30 @@ impl Config {
         Ok((Self::from_toml(&text)?, text))
     }
 
+    /// Settings that work but are probably not what the operator wants, each at its key: a
+    /// unixgram socket every local user may write to.
+    pub(crate) fn warnings(&self, text: &str) -> Vec<ConfigError> {
+        use check::Step::{Index, Key};
+        let Some(tree) = check::Tree::parse(text) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, u) in self.unixgram.iter().enumerate() {
+            if u.mode & 0o002 != 0 {
+                out.push(tree.error(
+                    &[Key("unixgram"), Index(i), Key("mode")],
+                    format!(
+                        "mode 0{:o} lets every user on the host send metrics to {} as any \
+                         application; give the senders a group and use 0660",
+                        u.mode,
+                        u.path.display()
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
     /// Checks that span several keys, or the world outside the file (they cannot fail while
     /// deserialising one value): every failure, each at its key.
     fn validate(&self, tree: &check::Tree<'_>) -> Vec<ConfigError> {
@@ -473,6 +497,16 @@ impl Config {
             let at = [Key("unixgram"), Index(i), Key("path")];
             if !seen.insert(&u.path) {
                 err(&at, format!("{} is listed twice", u.path.display()));
+            }
+            let len = u.path.as_os_str().len();
+            if len > crate::ingest::MAX_SOCKET_PATH {
+                err(
+                    &at,
+                    format!(
+                        "the path is {len} bytes; a Unix socket path holds at most {}",
+                        crate::ingest::MAX_SOCKET_PATH
+                    ),
+                );
             }
             // tallyd creates the socket, never the directory it goes in.
             match u.path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -620,6 +654,39 @@ pub fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
     String::from_utf8(bytes).map_err(|_| fail("not UTF-8 text".into()))
 }
 
+/// Warnings about who else can change the config file at `path`: the file writable by every
+/// user, or its directory writable by every user without the sticky bit (anyone could then
+/// replace the file). Either lets any local user change what tallyd does at the next reload.
+pub fn permission_warnings(path: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut out = Vec::new();
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o002 != 0
+    {
+        out.push(format!(
+            "{} is writable by every user (mode 0{:o}): anyone on the host can change tallyd's \
+             config; chmod o-w it",
+            path.display(),
+            m.permissions().mode() & 0o7777
+        ));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if let Ok(m) = std::fs::metadata(dir)
+        && m.permissions().mode() & 0o1002 == 0o002
+    {
+        out.push(format!(
+            "the directory {} is writable by every user (mode 0{:o}): anyone on the host can \
+             replace tallyd's config file",
+            dir.display(),
+            m.permissions().mode() & 0o7777
+        ));
+    }
+    out
+}
+
 /// 1-based line and column of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -717,13 +784,32 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
+/// A file mode: an octal string (`"0660"`) or a TOML integer, written in octal (`0o660`).
+/// Errors show the value in octal, as modes are read.
 fn file_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    let s = String::deserialize(d)?;
-    match u32::from_str_radix(&s, 8) {
-        Ok(m) if m <= 0o777 => Ok(m),
-        _ => Err(serde::de::Error::custom(format!(
-            "invalid file mode {s:?}; use octal like \"0660\""
-        ))),
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mode {
+        Int(i64),
+        Str(String),
+    }
+    match Mode::deserialize(d)? {
+        Mode::Str(s) => match u32::from_str_radix(&s, 8) {
+            Ok(m) if m <= 0o777 => Ok(m),
+            _ => Err(serde::de::Error::custom(format!(
+                "invalid file mode {s:?}; write it in octal, like \"0660\" or 0o660"
+            ))),
+        },
+        Mode::Int(n) => match u32::try_from(n) {
+            Ok(m) if m <= 0o777 => Ok(m),
+            Ok(m) => Err(serde::de::Error::custom(format!(
+                "invalid file mode 0o{m:o} (decimal {m}); a mode is at most 0o777: write it in \
+                 octal, like \"0660\" or 0o660"
+            ))),
+            Err(_) => Err(serde::de::Error::custom(format!(
+                "invalid file mode {n}; write it in octal, like \"0660\" or 0o660"
+            ))),
+        },
     }
 }
 

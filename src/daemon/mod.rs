@@ -241,6 +241,14 @@ impl Daemon {
         for w in &snapshot.warnings {
             tracing::warn!("config: {w}");
         }
+        for w in opts
+            .config_path
+            .as_deref()
+            .map(crate::config::permission_warnings)
+            .unwrap_or_default()
+        {
+            tracing::warn!("config: {w}");
+        }
         let http_cfg = snapshot.config.http.clone();
         let http_origin = origin(
             opts.config_path.as_deref(),

@@ -165,7 +165,7 @@ pub struct Running {
     threads: Vec<JoinHandle<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     sockets: Vec<Arc<Socket>>,
-    unlink: Option<PathBuf>,
+    unlink: Option<SocketFile>,
     /// UDP: `tallyd_udp_kernel_drops_total`, read from `sockets`. (A Unix datagram socket
     /// drops nothing: a sender whose datagram does not fit waits or gets EAGAIN.)
     drops: Option<IntCounter>,
@@ -184,8 +184,8 @@ impl Running {
         if let Some(t) = self.task.take() {
             t.abort();
         }
-        if let Some(p) = self.unlink.take() {
-            let _ = std::fs::remove_file(p);
+        if let Some(file) = self.unlink.take() {
+            file.remove();
         }
     }
 
@@ -345,8 +345,9 @@ pub fn start_udp(cfg: &Udp, sockets: Vec<Socket>, sinks: &Sinks) -> io::Result<R
     })
 }
 
-/// Binds and starts a Unix datagram listener (one worker). A stale socket file is replaced;
-/// the file is removed at stop.
+/// Binds and starts a Unix datagram listener (one worker); see [`bind_unixgram`] for how the
+/// socket file is made and what may be replaced. The file is removed at stop only while it is
+/// still the socket tallyd made.
 pub fn start_unixgram(
     cfg: &Unixgram,
     inherited: Option<Socket>,
@@ -356,23 +357,8 @@ pub fn start_unixgram(
     let (sock, unlink) = match inherited {
         Some(s) => (s, None),
         None => {
-            if cfg.path.exists() {
-                // Stale if nobody answers on it.
-                let probe = std::os::unix::net::UnixDatagram::unbound()?;
-                if probe.connect(&cfg.path).is_ok() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!("{} is in use by another process", cfg.path.display()),
-                    ));
-                }
-                std::fs::remove_file(&cfg.path)?;
-            }
-            let s = std::os::unix::net::UnixDatagram::bind(&cfg.path)?;
-            std::fs::set_permissions(
-                &cfg.path,
-                std::os::unix::fs::PermissionsExt::from_mode(cfg.mode),
-            )?;
-            (Socket::from(s), Some(cfg.path.clone()))
+            let (s, own) = bind_unixgram(&cfg.path, cfg.mode)?;
+            (s, Some(own))
         }
     };
     // Asked for as configured, but not reported: Linux bounds a Unix datagram socket's queue
@@ -405,6 +391,105 @@ pub fn start_unixgram(
         unlink,
         beats: vec![beat],
     })
+}
+
+/// A socket file tallyd made: its path and the inode it had, so that stop removes it only if
+/// the path still names that socket (not a file someone put there since).
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    /// Removes the file if it is still this socket; says why not otherwise.
+    fn remove(self) {
+        use std::os::unix::fs::MetadataExt as _;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.id => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the unixgram socket");
+                }
+            }
+            Ok(_) => tracing::warn!(
+                path = %self.path.display(),
+                "not removing the unixgram socket path: it is no longer the socket tallyd made"
+            ),
+            Err(_) => {}
+        }
+    }
+}
+
+/// The longest a path a Unix socket address holds (`sun_path` less its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Makes the Unix datagram socket at `path` with file mode `mode`.
+///
+/// - Something already at `path` is replaced only if it is a socket that nobody receives on
+///   (a stale socket left by a tallyd that did not stop cleanly). A live socket is "in use"; a
+///   regular file, directory or symlink is refused and left alone.
+/// - The socket has `mode` from the moment it appears at `path`: it is bound inside a fresh
+///   directory next to `path` that only tallyd's user can enter (mode 0700), given its mode
+///   there, and renamed into place (which also replaces a stale socket atomically). No umask
+///   and no window between bind and chmod. When the private directory's path would be longer
+///   than a socket address holds, the socket is bound through `/proc/self/fd` instead.
+///
+/// Returns the socket and the file to remove at stop.
+pub fn bind_unixgram(path: &std::path::Path, mode: u32) -> io::Result<(Socket, SocketFile)> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+    use std::os::unix::net::UnixDatagram;
+    let shown = path.display();
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        let ft = m.file_type();
+        if !ft.is_socket() {
+            let what = if ft.is_file() {
+                "a regular file"
+            } else if ft.is_dir() {
+                "a directory"
+            } else if ft.is_symlink() {
+                "a symlink"
+            } else {
+                "not a socket"
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{shown} exists and is {what}; tallyd replaces only a stale socket"),
+            ));
+        }
+        let probe = UnixDatagram::unbound()?;
+        if probe.connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{shown} is in use by another process"),
+            ));
+        }
+        tracing::info!(path = %shown, "replacing a stale unixgram socket");
+    }
+    let parent = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let private = tempfile::Builder::new()
+        .prefix(".tallyd-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(parent)?;
+    let inside = private.path().join("s");
+    let sock = if inside.as_os_str().len() <= MAX_SOCKET_PATH {
+        UnixDatagram::bind(&inside)?
+    } else {
+        let dir = std::fs::File::open(private.path())?;
+        UnixDatagram::bind(format!("/proc/self/fd/{}/s", dir.as_raw_fd()))?
+    };
+    std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(mode))?;
+    let meta = std::fs::symlink_metadata(&inside)?;
+    std::fs::rename(&inside, path)?;
+    Ok((
+        Socket::from(sock),
+        SocketFile {
+            path: path.to_path_buf(),
+            id: (meta.dev(), meta.ino()),
+        },
+    ))
 }
 
 /// The longest a datagram worker waits, after a call that found few datagrams queued, for more
