@@ -1,12 +1,16 @@
 //! `[[mapping]]` rules, expiry and limits, end to end: glob captures in names and
 //! labels, file order across globs and regexes, type filters, `action = "drop"`, per-rule and
-//! default ttl with an injected clock, the type claim released on expiry, `[limits]`, and the
-//! shadowed-rule warning of `check-config`.
+//! default ttl with an injected clock, the type claim released on expiry, `[limits]`, the
+//! shadowed-rule warning of `check-config`, and a reload of 11,000 rules.
 //!
 //! Every test sends from one socket to a one-worker daemon, so lines are aggregated in the
 //! order sent; values are read from real scrapes.
 
 mod common;
+
+/// The benches' generator of large mapping files.
+#[path = "../benches/common/mod.rs"]
+mod bench;
 
 use std::net::UdpSocket;
 use std::sync::Arc;
@@ -342,5 +346,33 @@ async fn max_series_per_metric_refuses_per_name() {
         value(&text, r#"tallyd_series_refused_total{reason="max_series"}"#),
         Some(0.0)
     );
+    t.stop().await;
+}
+
+/// A file of 11,000 rules (10,000 globs, 1,000 regexes) reloads into a running daemon and the
+/// last rule of each kind maps with its captures; a version refused at its last rule leaves
+/// the loaded rules in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eleven_thousand_rules_reload_and_map() {
+    let t = TestDaemon::start_with(&config_text(1, ""), |o| o.watch = false).await;
+    let post = |addr| tokio::task::spawn_blocking(move || http(addr, "POST", "/-/reload"));
+    let rules = bench::mapping_rules(10_000, 1_000);
+    std::fs::write(&t.config_path, config_text(1, &rules)).unwrap();
+    let (status, _, body) = post(t.http).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let s = sender(&t);
+    s.send(b"svc9999.users.requests.200:2|c\nrsvc999.orders.latency_ms:250|ms")
+        .unwrap();
+    let glob = r#"svc9999_requests_total{code="200",endpoint="users"}"#;
+    let regex = r#"rsvc999_latency_count{endpoint="orders",unit="ms"}"#;
+    wait_for(t.http, &[(glob, 2.0), (regex, 1.0)]).await;
+
+    let bad = format!("{rules}[[mapping]]\nregex = 'oops('\nname = \"x\"\n");
+    std::fs::write(&t.config_path, config_text(1, &bad)).unwrap();
+    let (status, _, body) = post(t.http).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("mapping[11000].regex"), "{body}");
+    s.send(b"svc9999.users.requests.200:3|c").unwrap();
+    wait_for(t.http, &[(glob, 5.0), (regex, 1.0)]).await;
     t.stop().await;
 }

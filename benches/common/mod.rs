@@ -214,3 +214,31 @@ pub fn baselines(
         })
     });
 }
+
+/// A mapping config of `globs` glob rules and `regexes` regex rules, interleaved (a regex
+/// every `globs / regexes` globs), shaped like a statsd_exporter mapping file grown over
+/// years: one service per rule, a wildcard segment or two, regexes with `\w` captures. Each
+/// rule has its own literal first segment, so no rule shadows another.
+pub fn mapping_rules(globs: usize, regexes: usize) -> String {
+    let mut out = String::with_capacity((globs + regexes) * 120);
+    let every = globs.checked_div(regexes).unwrap_or(usize::MAX).max(1);
+    let (mut g, mut r) = (0, 0);
+    while g < globs || r < regexes {
+        if r < regexes && (g == globs || (g > 0 && g % every == 0 && r < g / every)) {
+            let _ = write!(
+                out,
+                "[[mapping]]\nregex = 'rsvc{r}\\.(\\w+)\\.latency_(\\w+)'\n\
+                 name = \"rsvc{r}_latency\"\nlabels = {{ endpoint = \"$1\", unit = \"$2\" }}\n\n"
+            );
+            r += 1;
+        } else {
+            let _ = write!(
+                out,
+                "[[mapping]]\nmatch = \"svc{g}.*.requests.*\"\nname = \"svc{g}_requests\"\n\
+                 labels = {{ endpoint = \"$1\", code = \"$2\" }}\n\n"
+            );
+            g += 1;
+        }
+    }
+    out
+}
