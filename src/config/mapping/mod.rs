@@ -4,11 +4,11 @@
 //! The first rule in file order that matches a name (and admits its type) wins. Rules compile
 //! once per config into two structures that find it without trying every rule:
 //!
-//! - globs go on a trie of dot-separated segments ([`glob`]): a few bytes per rule, and a
+//! - globs go on a trie of dot-separated segments (`glob`): a few bytes per rule, and a
 //!   lookup that follows literal segments by hash and tries only the wildcard segments at each
 //!   position;
-//! - regexes, with Go's ASCII `\w`, `\d`, `\s` ([`pattern`]), go into [`regex::RegexSet`]s of
-//!   at most [`pattern::CHUNK`] rules, each one automaton pass; only the winning rule's own
+//! - regexes, with Go's ASCII `\w`, `\d`, `\s` (`pattern`), go into [`regex::RegexSet`]s of
+//!   at most 256 rules, each one automaton pass; only the winning rule's own
 //!   regex runs again, for its captures.
 //!
 //! And that happens only on a worker's cache miss: a raw name the worker has resolved before
