@@ -499,12 +499,12 @@ impl Config {
                 err(&at, format!("{} is listed twice", u.path.display()));
             }
             let len = u.path.as_os_str().len();
-            if len > crate::ingest::MAX_SOCKET_PATH {
+            if len > MAX_SOCKET_PATH {
                 err(
                     &at,
                     format!(
                         "the path is {len} bytes; a Unix socket path holds at most {}",
-                        crate::ingest::MAX_SOCKET_PATH
+                        MAX_SOCKET_PATH
                     ),
                 );
             }
@@ -783,6 +783,9 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
             }),
     }
 }
+
+/// The longest path a Unix socket address holds (`sun_path` less its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
 
 /// A file mode: an octal string (`"0660"`) or a TOML integer, written in octal (`0o660`).
 /// Errors show the value in octal, as modes are read.

@@ -420,9 +420,6 @@ impl SocketFile {
     }
 }
 
-/// The longest a path a Unix socket address holds (`sun_path` less its NUL).
-pub const MAX_SOCKET_PATH: usize = 107;
-
 /// Makes the Unix datagram socket at `path` with file mode `mode`.
 ///
 /// - Something already at `path` is replaced only if it is a socket that nobody receives on
@@ -474,7 +471,7 @@ pub fn bind_unixgram(path: &std::path::Path, mode: u32) -> io::Result<(Socket, S
         .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(parent)?;
     let inside = private.path().join("s");
-    let sock = if inside.as_os_str().len() <= MAX_SOCKET_PATH {
+    let sock = if inside.as_os_str().len() <= crate::config::MAX_SOCKET_PATH {
         UnixDatagram::bind(&inside)?
     } else {
         let dir = std::fs::File::open(private.path())?;
