@@ -16,60 +16,18 @@
 //! next to `load_regex_only/1000`, the same 1,000 rules loaded now.
 //!
 //! `cargo bench --bench mapping -- --warm-up-time 1 --measurement-time 3`
-#![allow(unsafe_code)] // a counting global allocator; each block says why it holds
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicI64, Ordering};
 
+use common::measured;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tallyd::config::live::Snapshot;
 use tallyd::parse::MetricType;
 
-struct Peak;
-static LIVE: AtomicI64 = AtomicI64::new(0);
-static PEAK: AtomicI64 = AtomicI64::new(0);
-
-fn grew(by: i64) {
-    let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts bytes.
-unsafe impl GlobalAlloc for Peak {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        grew(l.size() as i64);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as i64, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        grew(new as i64 - l.size() as i64);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, new) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Peak = Peak;
-
-/// Runs `f`; its result, the peak heap growth while it ran, and the growth it left.
-fn measured<T>(f: impl FnOnce() -> T) -> (T, i64, i64) {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    let t = f();
-    (
-        t,
-        PEAK.load(Ordering::Relaxed) - base,
-        LIVE.load(Ordering::Relaxed) - base,
-    )
-}
+static GLOBAL: common::Peak = common::Peak;
 
 const MIB: f64 = 1024.0 * 1024.0;
 

@@ -17,14 +17,11 @@
 //! is bounded by a chunk, not by the output.
 //!
 //! `cargo bench --bench render -- --warm-up-time 1 --measurement-time 3`
-#![allow(unsafe_code)] // a counting global allocator; each block says why it holds
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -32,44 +29,12 @@ use tallyd::export::{self, TextState, TextVisitor};
 use tallyd::pipeline::Writer;
 use tallyd::telemetry::Telemetry;
 
-/// Tracks live heap bytes and their peak.
-struct Peak;
-static LIVE: AtomicI64 = AtomicI64::new(0);
-static PEAK: AtomicI64 = AtomicI64::new(0);
-
-fn grew(by: i64) {
-    let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts bytes.
-unsafe impl GlobalAlloc for Peak {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        grew(l.size() as i64);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as i64, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        grew(new as i64 - l.size() as i64);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, new) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Peak = Peak;
+static GLOBAL: common::Peak = common::Peak;
 
 /// Peak heap growth while `f` runs.
 fn peak_growth(f: impl FnOnce()) -> i64 {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    f();
-    PEAK.load(Ordering::Relaxed) - base
+    common::measured(f).1
 }
 
 fn render(c: &mut Criterion) {

@@ -4,10 +4,6 @@
 //! do not depend on the machine's speed; the load time is `benches/mapping.rs`'s.
 //!
 //! One `#[test]`: the allocator counts every thread, so nothing else may run in this binary.
-#![allow(unsafe_code)] // a counting global allocator; each block says why it holds
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use tallyd::config::live::Snapshot;
 use tallyd::config::mapping::Mapped;
@@ -16,54 +12,10 @@ use tallyd::parse::MetricType;
 #[path = "../benches/common/mod.rs"]
 mod bench;
 
-struct Peak;
-static LIVE: AtomicI64 = AtomicI64::new(0);
-static PEAK: AtomicI64 = AtomicI64::new(0);
-
-fn grew(by: i64) {
-    let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts bytes in atomics
-// (which allocate nothing).
-unsafe impl GlobalAlloc for Peak {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        grew(l.size() as i64);
-        // SAFETY: our caller upholds `alloc`'s contract, passed on unchanged.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        grew(l.size() as i64);
-        // SAFETY: our caller upholds `alloc_zeroed`'s contract, passed on unchanged.
-        unsafe { System.alloc_zeroed(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as i64, Ordering::Relaxed);
-        // SAFETY: `p` came from `System` with this layout.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        grew(new as i64 - l.size() as i64);
-        // SAFETY: `p` came from `System` with `l`; `new` is valid by our caller's contract.
-        unsafe { System.realloc(p, l, new) }
-    }
-}
+use bench::measured;
 
 #[global_allocator]
-static GLOBAL: Peak = Peak;
-
-/// Runs `f`; its result, the peak heap growth while it ran, and the growth it left behind.
-fn measured<T>(f: impl FnOnce() -> T) -> (T, i64, i64) {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    let t = f();
-    (
-        t,
-        PEAK.load(Ordering::Relaxed) - base,
-        LIVE.load(Ordering::Relaxed) - base,
-    )
-}
+static GLOBAL: bench::Peak = bench::Peak;
 
 const MIB: i64 = 1 << 20;
 

@@ -2,6 +2,7 @@
 //! a fixed LCG, so every run sees the same bytes) and the naive baselines each bench compares
 //! tallyd against in the same run.
 #![allow(dead_code)]
+#![allow(unsafe_code)] // the heap-tracking global allocator; each block says why it holds
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -241,4 +242,52 @@ pub fn mapping_rules(globs: usize, regexes: usize) -> String {
         }
     }
     out
+}
+
+/// A global allocator that tracks live heap bytes and their peak, for [`measured`]. A bench or
+/// test binary installs it with `#[global_allocator] static GLOBAL: Peak = Peak;`.
+pub struct Peak;
+
+static LIVE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+static PEAK: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+fn grew(by: i64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = LIVE.fetch_add(by, Relaxed) + by;
+    PEAK.fetch_max(now, Relaxed);
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts bytes in atomics
+// (which allocate nothing).
+unsafe impl std::alloc::GlobalAlloc for Peak {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        grew(l.size() as i64);
+        // SAFETY: our caller upholds `alloc`'s contract, passed on unchanged.
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
+        grew(l.size() as i64);
+        // SAFETY: our caller upholds `alloc_zeroed`'s contract, passed on unchanged.
+        unsafe { std::alloc::System.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        LIVE.fetch_sub(l.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: `p` came from `System` with this layout.
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        grew(new as i64 - l.size() as i64);
+        // SAFETY: `p` came from `System` with `l`; `new` is valid by our caller's contract.
+        unsafe { std::alloc::System.realloc(p, l, new) }
+    }
+}
+
+/// Runs `f` (with [`Peak`] installed); its result, the peak heap growth while it ran, and the
+/// growth it left behind.
+pub fn measured<T>(f: impl FnOnce() -> T) -> (T, i64, i64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let base = LIVE.load(Relaxed);
+    PEAK.store(base, Relaxed);
+    let t = f();
+    (t, PEAK.load(Relaxed) - base, LIVE.load(Relaxed) - base)
 }
