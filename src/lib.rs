@@ -10,13 +10,15 @@
 //! - [`naming`]: Prometheus naming: sanitising, `_total`, suffixes, reserved names,
 //!   collisions; shared by the pipeline (refusals) and the export.
 //! - [`store`]: the series registry, per-worker cache-padded shards, expiry, limits, the
-//!   chunked read a scrape walks.
-//! - [`export`]: the exposition (text 0.0.4) rendered chunk by chunk, and the HTTP endpoint.
+//!   chunked read a scrape walks, the census of families the status page reads.
+//! - [`export`]: the exposition (text 0.0.4) rendered chunk by chunk, the status page and its
+//!   JSON, and the HTTP endpoint.
 //! - [`config`]: the TOML file's types and validation, mapping rules, the live (arc-swap)
 //!   handle, the file watcher.
 //! - [`daemon`]: lifecycle (start, serve, stop), control (reloads, signals, watchdog), systemd
 //!   (notify, socket activation).
-//! - [`telemetry`]: tallyd's own metrics, every failure mode a named counter.
+//! - [`telemetry`]: tallyd's own metrics, every failure mode a named counter, and the records
+//!   the status page shows beside them (config story, last refused lines, ingest history).
 //! - [`ready`]: the readiness flag and what it guards.
 //! - [`clock`]: the injected clock every timer reads.
 //! - [`log`]: the log writer: a bounded queue to stderr that never blocks a thread that logs,

@@ -4,12 +4,16 @@
 //! Every failure mode is a named counter. Workers never touch these on the per-line path: they
 //! count into a plain [`Stats`] and [`Telemetry::flush`] adds it here after each batch.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::parse::ParseError;
 use crate::parse::tags::TagError;
 use crate::pipeline::Stats;
 use crate::store::Refusal;
+use crate::sync::lock;
 
 /// How a config reload ended (`tallyd_config_reloads_total{outcome}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +103,178 @@ pub struct Telemetry {
     pub http_write_timeouts: IntCounter,
     /// `tallyd_http_auth_failures_total{reason}`: `denied`, `busy`.
     pub auth_failures: [IntCounter; 2],
+    /// `tallyd_lines_rejected_total{listener}`: lines the parser refused, by listener.
+    pub lines_rejected: IntCounterVec,
+    /// `tallyd_series_limit`: `[limits] max_series` in force.
+    pub series_limit: IntGauge,
+    /// What the status page shows beside the counters.
+    pub records: Records,
+}
+
+/// What the status page shows beside the counters: when tallyd started, the config's story,
+/// the recent refused lines, the ingest history. Each part has its own lock, taken off the
+/// hot path (the workers' batch flush only tries the refused lines' lock, and keeps its lines
+/// for the next flush when it is taken).
+pub struct Records {
+    /// When the daemon started.
+    pub started: std::time::Instant,
+    /// The same, as Unix time.
+    pub started_unix: f64,
+    /// The config in force and the reloads' outcomes.
+    pub config: Mutex<ConfigRecord>,
+    /// The last refused lines, per reason ([`crate::pipeline::reject_reason`]).
+    pub rejects: Mutex<Vec<VecDeque<RejectedLine>>>,
+    /// Lines received per listener, sampled every [`HISTORY_EVERY`].
+    pub history: Mutex<VecDeque<HistoryPoint>>,
+    /// Series per family at a past moment, for the growth column.
+    pub baseline: Mutex<Option<std::sync::Arc<Baseline>>>,
+}
+
+/// How often the ingest history is sampled.
+pub const HISTORY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Samples of ingest history kept ([`HISTORY_EVERY`] apart: ten minutes).
+pub const HISTORY_POINTS: usize = 60;
+
+/// How often the series-per-family baseline of the growth column is taken.
+pub const BASELINE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A refused line as the status page lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedLine {
+    /// The line's first bytes, escaped ([`crate::pipeline::Escaped`]).
+    pub line: String,
+    /// The listener it came in on.
+    pub listener: std::sync::Arc<str>,
+    /// When the worker handed it over (Unix time; within a batch of when it arrived).
+    pub at_unix: f64,
+}
+
+/// One sample of the ingest history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPoint {
+    /// When (Unix time).
+    pub at_unix: f64,
+    /// `tallyd_lines_received_total` per listener label then.
+    pub lines: Vec<(String, u64)>,
+}
+
+/// Series per family at one moment, keyed by a hash of the family's name.
+pub struct Baseline {
+    /// When it was taken (Unix time).
+    pub at_unix: f64,
+    /// The hasher of the keys.
+    pub hasher: foldhash::quality::RandomState,
+    /// Series per family-name hash.
+    pub counts: std::collections::HashMap<u64, u32>,
+}
+
+/// The config in force and the reloads' story.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigRecord {
+    /// The file, if any (`None`: the embedded defaults).
+    pub path: Option<String>,
+    /// SHA-256 of the text in force (hex), `None` for the embedded defaults.
+    pub sha256: Option<String>,
+    /// When the config in force was loaded (Unix time).
+    pub loaded_unix: f64,
+    /// What loaded it: `start`, `sighup`, `http` (`POST /-/reload`), `file_change`.
+    pub loaded_by: &'static str,
+    /// The last reload attempt, if there was one.
+    pub last_attempt: Option<Attempt>,
+    /// The last reload that failed (kept after later successes), if one did.
+    pub last_error: Option<Attempt>,
+}
+
+/// One reload attempt.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Attempt {
+    /// When (Unix time).
+    pub at_unix: f64,
+    /// What asked for it ([`ConfigRecord::loaded_by`]'s words).
+    pub trigger: &'static str,
+    /// `success`, `partial`, `failure` or `unchanged`.
+    pub outcome: &'static str,
+    /// What went wrong, if anything.
+    pub message: Option<String>,
+    /// The error's 1-based line and column in the file (0 when not tied to a place).
+    pub line: usize,
+    /// See `line`.
+    pub column: usize,
+}
+
+impl Records {
+    fn new() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            started_unix: unix_now(),
+            config: Mutex::new(ConfigRecord::default()),
+            rejects: Mutex::new(vec![VecDeque::new(); crate::pipeline::REJECT_REASONS]),
+            history: Mutex::new(VecDeque::new()),
+            baseline: Mutex::new(None),
+        }
+    }
+
+    /// Records the config in force: its file, its text (hashed) and what loaded it.
+    pub fn config_loaded(
+        &self,
+        path: Option<&std::path::Path>,
+        text: Option<&str>,
+        by: &'static str,
+    ) {
+        use sha2::Digest as _;
+        let mut c = lock(&self.config);
+        c.path = path.map(|p| p.display().to_string());
+        c.sha256 = text.map(|t| {
+            sha2::Sha256::digest(t.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        });
+        c.loaded_unix = unix_now();
+        c.loaded_by = by;
+    }
+
+    /// Records a reload attempt's outcome.
+    pub fn reload_attempt(&self, attempt: Attempt) {
+        let mut c = lock(&self.config);
+        if attempt.outcome != "success" && attempt.outcome != "unchanged" {
+            c.last_error = Some(attempt.clone());
+        }
+        c.last_attempt = Some(attempt);
+    }
+
+    /// Moves a writer's recent refused lines here. Called from a worker's flush after a
+    /// batch that refused lines; the lock is held for a few short copies.
+    fn keep_rejects(&self, recent: &mut crate::pipeline::Recent) {
+        let mut log = lock(&self.rejects);
+        let at_unix = unix_now();
+        let listener = recent.listener.clone();
+        recent.drain(|i, line| {
+            if let Some(q) = log.get_mut(i) {
+                if q.len() == crate::pipeline::RECENT_LINES {
+                    q.pop_front();
+                }
+                q.push_back(RejectedLine {
+                    line: crate::pipeline::Escaped(line).to_string(),
+                    listener: listener.clone(),
+                    at_unix,
+                });
+            }
+        });
+    }
+
+    /// Adds a sample of the ingest history, dropping the oldest past [`HISTORY_POINTS`].
+    pub fn sample_history(&self, lines: Vec<(String, u64)>) {
+        let mut h = lock(&self.history);
+        if h.len() == HISTORY_POINTS {
+            h.pop_front();
+        }
+        h.push_back(HistoryPoint {
+            at_unix: unix_now(),
+            lines,
+        });
+    }
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -389,6 +565,20 @@ impl Telemetry {
                 "tallyd_scrape_errors_total",
                 "Scrapes whose client went away mid-response.",
             ),
+            lines_rejected: counter_vec(
+                &r,
+                "tallyd_lines_rejected_total",
+                "Lines the parser refused, by listener (the reasons are in \
+                 tallyd_parse_errors_total).",
+                "listener",
+            ),
+            series_limit: gauge(
+                &r,
+                "tallyd_series_limit",
+                "[limits] max_series in force: samples that would create a series beyond it \
+                 are refused.",
+            ),
+            records: Records::new(),
             registry: r,
         };
         t.last_reload_ok.set(1);
@@ -433,6 +623,9 @@ impl Telemetry {
                 *v = 0;
             }
         }
+        if s.recent.has_fresh() {
+            self.records.keep_rejects(&mut s.recent);
+        }
         for (rule, n) in s.rule_drops.drain() {
             self.rule_drops
                 .with_label_values(&[&(rule + 1).to_string()])
@@ -469,7 +662,8 @@ impl Default for Telemetry {
     }
 }
 
-fn unix_now() -> f64 {
+/// Now, as Unix time in seconds.
+pub fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

@@ -194,6 +194,11 @@ impl Live {
         self.path.as_deref()
     }
 
+    /// The text of the config in force (`None`: the embedded defaults).
+    pub fn applied_text(&self) -> Option<String> {
+        lock(&self.state).applied.clone()
+    }
+
     /// Publishes `snapshot` (tests and the loom models use this directly).
     pub fn publish(&self, snapshot: Snapshot) {
         self.cell.store(Arc::new(snapshot));

@@ -164,6 +164,20 @@ impl Default for Udp {
     }
 }
 
+impl Tcp {
+    /// The `listener` label of this listener's metrics.
+    pub fn label(&self) -> String {
+        format!("tcp://{}", self.listen)
+    }
+}
+
+impl Unixgram {
+    /// The `listener` label of this listener's metrics.
+    pub fn label(&self) -> String {
+        format!("unixgram://{}", self.path.display())
+    }
+}
+
 impl Udp {
     /// The `listener` label of this listener's metrics.
     pub fn label(&self) -> String {

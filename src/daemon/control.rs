@@ -53,7 +53,10 @@ pub fn hangup_signal() -> std::io::Result<Signal> {
 /// Turns every SIGHUP into a reload request, as `POST /-/reload` makes one.
 pub(super) async fn forward_hangups(mut hup: Signal, control: mpsc::Sender<Control>) {
     while hup.recv().await.is_some() {
-        let reload = Control::Reload { reply: None };
+        let reload = Control::Reload {
+            reply: None,
+            by: "sighup",
+        };
         if control.send(reload).await.is_err() {
             return;
         }
@@ -131,13 +134,13 @@ pub(super) async fn control_loop(mut rx: mpsc::Receiver<Control>, s: Shared, pas
             }
         };
         match msg {
-            Some(Control::Reload { reply }) => {
+            Some(Control::Reload { reply, by }) => {
                 systemd::reloading();
                 let live = s.live.clone();
                 let read = tokio::task::spawn_blocking(move || live.reload())
                     .await
                     .unwrap_or_else(|e| Err(panicked(&e)));
-                let out = finish(&s, read, &passed).await;
+                let out = finish(&s, read, &passed, by).await;
                 systemd::ready(&status(&s, outcome_word(&out)));
                 if let Some(r) = reply {
                     let _ = r.send(out);
@@ -155,7 +158,7 @@ pub(super) async fn control_loop(mut rx: mpsc::Receiver<Control>, s: Shared, pas
                         Err(e)
                     }
                 };
-                let out = finish(&s, read, &passed).await;
+                let out = finish(&s, read, &passed, "file_change").await;
                 systemd::ready(&status(&s, outcome_word(&out)));
             }
             Some(Control::Shutdown(done)) => {
@@ -252,8 +255,46 @@ pub(super) async fn watch_file(
     }
 }
 
-/// What a reload attempt comes to: counted, logged, its listeners and `[log]` applied.
+/// What a reload attempt (asked for `by`) comes to: counted, logged, its listeners and
+/// `[log]` applied, and recorded for the status page.
 async fn finish(
+    s: &Shared,
+    read: Result<Option<Outcome>, ConfigError>,
+    passed: &[Passed],
+    by: &'static str,
+) -> Result<String, String> {
+    let (line, column) = match &read {
+        Err(e) => (e.line, e.column),
+        Ok(_) => (0, 0),
+    };
+    let applied = matches!(read, Ok(Some(Outcome::Applied(_))));
+    let out = settle(s, read, passed).await;
+    if applied {
+        let text = s.live.applied_text();
+        s.telemetry
+            .records
+            .config_loaded(s.live.path(), text.as_deref(), by);
+    }
+    let outcome = outcome_word(&out);
+    s.telemetry
+        .records
+        .reload_attempt(crate::telemetry::Attempt {
+            at_unix: crate::telemetry::unix_now(),
+            trigger: by,
+            outcome,
+            message: match &out {
+                Err(m) => Some(m.clone()),
+                Ok(_) => None,
+            },
+            line,
+            column,
+        });
+    out
+}
+
+/// A reload attempt's outcome counted, logged, and its listeners and `[log]` applied; the
+/// answer for whoever asked ([`finish`] records it).
+async fn settle(
     s: &Shared,
     read: Result<Option<Outcome>, ConfigError>,
     passed: &[Passed],

@@ -138,8 +138,8 @@ impl Key {
     pub(crate) fn label(&self) -> String {
         match self {
             Key::Udp(u) => u.label(),
-            Key::Tcp(t) => format!("tcp://{}", t.listen),
-            Key::Unixgram(u) => format!("unixgram://{}", u.path.display()),
+            Key::Tcp(t) => t.label(),
+            Key::Unixgram(u) => u.label(),
         }
     }
 
@@ -152,6 +152,28 @@ impl Key {
             _ => false,
         }
     }
+}
+
+/// The configured listeners in config order, each under the label its counters carry (the
+/// running listener's: a TCP listener's is its bound address) and whether it runs.
+fn listener_refs(
+    cfg: &Config,
+    running: &HashMap<Key, Running>,
+) -> Vec<crate::export::status::ListenerRef> {
+    Key::all(cfg)
+        .into_iter()
+        .map(|k| crate::export::status::ListenerRef {
+            transport: match k {
+                Key::Udp(_) => "udp",
+                Key::Tcp(_) => "tcp",
+                Key::Unixgram(_) => "unixgram",
+            },
+            label: running
+                .get(&k)
+                .map_or_else(|| k.label(), |r| r.label.clone()),
+            up: running.contains_key(&k),
+        })
+        .collect()
 }
 
 /// Applies a new `[log]` section to the running logger (the binary's; none in tests).
@@ -265,6 +287,9 @@ impl Daemon {
             }
         };
         let telemetry = Arc::new(Telemetry::new());
+        telemetry
+            .records
+            .config_loaded(opts.config_path.as_deref(), text.as_deref(), "start");
         let store = Store::new(opts.clock.clone(), telemetry.reserved_names());
         let live = Live::new(snapshot, opts.config_path.clone(), text);
         let ready = Arc::new(Readiness::new());
@@ -302,6 +327,7 @@ impl Daemon {
             .local_addr()
             .map_err(http_err("use the HTTP listener"))?;
         let drops_listeners = listeners.clone();
+        let (status_listeners, status_live) = (listeners.clone(), live.clone());
         let state = Arc::new(State {
             store,
             telemetry,
@@ -313,6 +339,12 @@ impl Daemon {
                 for r in crate::sync::lock(&drops_listeners).values() {
                     r.read_drops();
                 }
+            }),
+            listeners: Box::new(move || {
+                listener_refs(
+                    &status_live.load().config,
+                    &crate::sync::lock(&status_listeners),
+                )
             }),
         });
         let tls = crate::export::http::tls_acceptor(&http_cfg)
@@ -388,7 +420,10 @@ impl Daemon {
         let _ = self
             .shared
             .control
-            .send(Control::Reload { reply: Some(tx) })
+            .send(Control::Reload {
+                reply: Some(tx),
+                by: "sighup",
+            })
             .await;
         rx.await.unwrap_or_else(|_| Err("daemon stopped".into()))
     }
@@ -588,6 +623,33 @@ impl Starting {
                 iv.tick().await;
                 let st = store.clone();
                 let _ = tokio::task::spawn_blocking(move || st.sweep()).await;
+            }
+        }));
+        // The status page's ingest history (its first sample now, so the page has a rate as
+        // soon as it is asked) and growth baseline (until the first, a minute in, growth
+        // counts from the start).
+        let refs =
+            |s: &Shared| listener_refs(&s.live.load().config, &crate::sync::lock(&s.listeners));
+        crate::export::status::sample(&s.store, &s.telemetry, &refs(&s), false);
+        let sampled = s.clone();
+        background.push(tokio::spawn(async move {
+            use crate::telemetry::{BASELINE_EVERY, HISTORY_EVERY};
+            let mut iv = tokio::time::interval_at(
+                tokio::time::Instant::now() + HISTORY_EVERY,
+                HISTORY_EVERY,
+            );
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let per_baseline = (BASELINE_EVERY.as_secs() / HISTORY_EVERY.as_secs()).max(1);
+            let mut n = 0u64;
+            loop {
+                iv.tick().await;
+                let s = sampled.clone();
+                n += 1;
+                let baseline = n.is_multiple_of(per_baseline);
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::export::status::sample(&s.store, &s.telemetry, &refs(&s), baseline);
+                })
+                .await;
             }
         }));
         if let Some(t) = hangups {

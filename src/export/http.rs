@@ -1,5 +1,5 @@
-//! The HTTP endpoint (hyper 1.x, HTTP/1.1): `GET /metrics`, `GET /-/healthy`, `GET /-/ready`,
-//! `POST /-/reload`.
+//! The HTTP endpoint (hyper 1.x, HTTP/1.1): `GET /metrics`, `GET /` (the status page),
+//! `GET /api/v1/status`, `GET /-/healthy`, `GET /-/ready`, `POST /-/reload`.
 //!
 //! Hardened for an endpoint that anyone on the host can reach: a header-read timeout, a write
 //! timeout, a cap on concurrent connections that sheds idle and stalled clients before a new
@@ -42,6 +42,8 @@ pub enum Control {
     Reload {
         /// Where the outcome goes.
         reply: Option<ReloadReply>,
+        /// What asked: `sighup` or `http` (the status page shows it).
+        by: &'static str,
     },
     /// The file watcher saw the config file settle: its text, or why it could not be read.
     FileSettled(Result<String, crate::config::ConfigError>),
@@ -65,6 +67,8 @@ pub struct State {
     pub auth: Auth,
     /// Called before each scrape (reads kernel drop counters from the sockets).
     pub before_scrape: Box<dyn Fn() + Send + Sync>,
+    /// The configured listeners, for the status page.
+    pub listeners: Box<dyn Fn() -> Vec<super::status::ListenerRef> + Send + Sync>,
 }
 
 /// Why a body ended early.
@@ -122,7 +126,7 @@ async fn handle(
 async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     let path = req.uri().path();
-    if path == "/metrics" || path == "/-/reload" {
+    if matches!(path, "/metrics" | "/-/reload" | "/" | "/api/v1/status") {
         let users = &state.live.load().config.http.basic_auth_users;
         match state
             .auth
@@ -167,7 +171,10 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             let (tx, rx) = oneshot::channel();
             if state
                 .control
-                .send(Control::Reload { reply: Some(tx) })
+                .send(Control::Reload {
+                    reply: Some(tx),
+                    by: "http",
+                })
                 .await
                 .is_err()
             {
@@ -180,12 +187,72 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             }
         }
         "/-/reload" => method_not_allowed("POST"),
-        "/" if get => text(
-            StatusCode::OK,
-            "tallyd: see /metrics, /-/healthy, /-/ready\n",
-        ),
+        "/" | "/api/v1/status" if get => status_page(state, &req).await,
+        "/" | "/api/v1/status" => method_not_allowed("GET, HEAD"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `GET /` (the status page) and `GET /api/v1/status` (its data as JSON), read on a blocking
+/// thread: the census walks the store like a scrape ([`super::status`]).
+async fn status_page(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
+    let page = req.uri().path() == "/";
+    let headers = |mut r: Response<Body>| {
+        let h = r.headers_mut();
+        if page {
+            h.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&super::status::content_security_policy()) {
+                h.insert(hyper::header::CONTENT_SECURITY_POLICY, v);
+            }
+        } else {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        h.insert(
+            hyper::header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        h.insert(
+            hyper::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        r
+    };
+    if req.method() == Method::HEAD {
+        return headers(Response::new(full(Bytes::new())));
+    }
+    let st = state.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        (st.before_scrape)();
+        let snap = st.live.load();
+        st.telemetry
+            .series_limit
+            .set(snap.config.limits.max_series as i64);
+        super::status::Status::build(&st.store, &st.telemetry, &snap.config, (st.listeners)())
+    })
+    .await;
+    let Ok(status) = built else {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the status could not be read\n",
+        );
+    };
+    let body = if page {
+        super::status::html(&status)
+    } else {
+        match serde_json::to_string_pretty(&status) {
+            Ok(j) => j + "\n",
+            Err(e) => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the status could not be serialised: {e}\n"),
+                );
+            }
+        }
+    };
+    headers(Response::new(full(body)))
 }
 
 /// The streamed `/metrics` body: the render thread's chunks, in order. It ends only once the
@@ -277,7 +344,11 @@ async fn metrics(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> 
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         (st.before_scrape)();
-        let window = st.live.load().config.defaults.set_window;
+        let snap = st.live.load();
+        st.telemetry
+            .series_limit
+            .set(snap.config.limits.max_series as i64);
+        let window = snap.config.defaults.set_window;
         let mut gz = gzip.then(|| {
             flate2::write::GzEncoder::new(
                 Vec::with_capacity(64 * 1024),

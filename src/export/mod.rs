@@ -5,6 +5,8 @@
 //! - [`text`]: the Prometheus text format 0.0.4, and the state it keeps across chunks;
 //! - [`http`]: the hyper service: `/metrics` (streamed, gzip on request), health, readiness,
 //!   the lifecycle endpoints, TLS;
+//! - [`status`]: the status page (`/`) and its JSON (`/api/v1/status`): listeners, config,
+//!   series and the top families, refusals with their last lines;
 //! - [`conn`]: the connection cap, who is shed when it is reached, the write timeout;
 //! - [`auth`]: basic auth with bcrypt, its cost bounded.
 //!
@@ -16,6 +18,7 @@
 pub mod auth;
 pub mod conn;
 pub mod http;
+pub mod status;
 pub mod text;
 
 pub use text::{TextState, TextVisitor, fmt_value};

@@ -90,6 +90,8 @@ impl Sinks {
 struct Counters {
     lines: IntCounter,
     bytes: IntCounter,
+    /// `tallyd_lines_rejected_total`: lines the parser refused.
+    rejected: IntCounter,
     /// Datagram listeners: `tallyd_datagrams_received_total`.
     datagrams: Option<IntCounter>,
     /// Datagram listeners: `tallyd_datagrams_truncated_total`.
@@ -104,6 +106,7 @@ impl Counters {
         Self {
             lines: t.lines.with_label_values(&[label]),
             bytes: t.bytes.with_label_values(&[label]),
+            rejected: t.lines_rejected.with_label_values(&[label]),
             datagrams: Some(t.datagrams.with_label_values(&[label])),
             truncated: Some(t.truncated.with_label_values(&[label])),
             too_long: None,
@@ -115,6 +118,7 @@ impl Counters {
         Self {
             lines: t.lines.with_label_values(&[label]),
             bytes: t.bytes.with_label_values(&[label]),
+            rejected: t.lines_rejected.with_label_values(&[label]),
             datagrams: None,
             truncated: None,
             too_long: Some(t.tcp_too_long.with_label_values(&[label])),
@@ -137,6 +141,12 @@ fn flush(w: &mut Writer, c: &Counters, t: &Telemetry, p: &mut Pending) {
     if w.stats.lines > 0 {
         c.lines.inc_by(w.stats.lines);
         w.stats.lines = 0;
+    }
+    // The parse errors are zeroed by the telemetry flush below, so this is what this batch
+    // refused.
+    let rejected: u64 = w.stats.parse_errors.iter().sum();
+    if rejected > 0 {
+        c.rejected.inc_by(rejected);
     }
     for (counter, v) in [
         (Some(&c.bytes), &mut p.bytes),

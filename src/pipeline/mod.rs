@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache::{Cache, Entry, Hit, LINE_KEY, Target};
-pub use stats::Stats;
+pub use stats::{RECENT_LINES, REJECT_REASONS, Recent, Stats, reject_reason};
 
 use crate::clock::Throttle;
 use crate::config::live::{Live, Snapshot};
@@ -158,6 +158,7 @@ impl Writer {
     /// The same writer, naming `listener` (its `listener` label) in the rejected-line log.
     pub fn with_listener(mut self, listener: &str) -> Self {
         self.listener = Arc::from(listener);
+        self.stats.recent.listener = self.listener.clone();
         self
     }
 
@@ -184,6 +185,7 @@ impl Writer {
     #[cold]
     #[inline(never)]
     fn log_rejected(&mut self, reason: ParseError, line: &[u8]) {
+        self.stats.recent.keep(reason.index(), line);
         if tracing::enabled!(tracing::Level::DEBUG)
             && self.reject_log[reason.index()].pass(self.store.now())
         {
@@ -374,6 +376,7 @@ impl Writer {
         // A name left empty once its tags are taken out is refused when the sample resolves
         // (counted as a parse error there); compared after the parse to log the line.
         let empty_names = self.stats.parse_errors[ParseError::EmptyName.index()];
+        let refusals = (self.stats.dropped, self.stats.refused);
         let parsed = parse::parse_line(line, &opts, &mut |s| self.record(s));
         let failed = parsed.is_err();
         let one_plain_sample = matches!(parsed, Ok(Parsed::Metric(info)) if info == LineInfo::default())
@@ -387,6 +390,28 @@ impl Writer {
         }
         if !failed && self.stats.parse_errors[ParseError::EmptyName.index()] != empty_names {
             self.log_rejected(ParseError::EmptyName, line);
+        }
+        if refusals != (self.stats.dropped, self.stats.refused) {
+            self.keep_refused(refusals, line);
+        }
+    }
+
+    /// Keeps `line` as a recent refusal ([`stats::Recent`]) under each dropped or refused
+    /// reason whose count moved since `before` (the counts when the line's parse began).
+    #[cold]
+    #[inline(never)]
+    fn keep_refused(&mut self, before: ([u64; 4], [u64; 2]), line: &[u8]) {
+        let base = ParseError::ALL.len();
+        let (dropped, refused) = (self.stats.dropped, self.stats.refused);
+        let moved = (dropped.iter().zip(before.0))
+            .chain(refused.iter().zip(before.1))
+            .map(|(now, then)| *now != then);
+        let moved: Vec<usize> = moved
+            .enumerate()
+            .filter_map(|(i, m)| m.then_some(base + i))
+            .collect();
+        for i in moved {
+            self.stats.recent.keep(i, line);
         }
     }
 

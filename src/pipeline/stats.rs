@@ -39,6 +39,101 @@ pub struct Stats {
     pub ignored_rates: u64,
     /// Drops by mapping rule index.
     pub rule_drops: HashMap<usize, u64>,
+    /// The last few refused lines per reason, for the status page.
+    pub recent: Recent,
+}
+
+/// How many reasons a line or sample is refused for, as the status page lists them (see
+/// [`reject_reason`]).
+pub const REJECT_REASONS: usize =
+    ParseError::ALL.len() + Refusal::DROPPED.len() + Refusal::REFUSED.len();
+
+/// Refused lines kept per reason ([`Recent`], and the status page's list).
+pub const RECENT_LINES: usize = 5;
+
+/// The reason at `index` (`0..REJECT_REASONS`): its `reason` label, and the self-metric that
+/// counts it (`tallyd_parse_errors_total`, `tallyd_samples_dropped_total`,
+/// `tallyd_series_refused_total`). Parse errors come first, then [`Refusal::DROPPED`], then
+/// [`Refusal::REFUSED`], each in its own order.
+pub fn reject_reason(index: usize) -> (&'static str, &'static str) {
+    let parse = ParseError::ALL.len();
+    let dropped = parse + Refusal::DROPPED.len();
+    if index < parse {
+        (ParseError::ALL[index].reason(), "tallyd_parse_errors_total")
+    } else if index < dropped {
+        (
+            Refusal::DROPPED[index - parse].reason(),
+            "tallyd_samples_dropped_total",
+        )
+    } else {
+        (
+            Refusal::REFUSED[index - dropped].reason(),
+            "tallyd_series_refused_total",
+        )
+    }
+}
+
+/// A writer's last [`RECENT_LINES`] refused lines per reason, each cut to
+/// [`super::REJECT_LOG_BYTES`] (plus one byte, so a cut shows). Only refused lines come here,
+/// and the buffers are reused, so a flood of bad lines costs a copy of each, no allocation.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recent {
+    /// The writer's listener (its `listener` label).
+    pub listener: std::sync::Arc<str>,
+    rings: Vec<Ring>,
+    fresh: bool,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Ring {
+    lines: Vec<Vec<u8>>,
+    /// Where the next line goes once the ring is full.
+    next: usize,
+    /// Lines kept since the last drain (at most [`RECENT_LINES`]).
+    fresh: usize,
+}
+
+impl Recent {
+    /// Keeps `line`, refused for the reason at `index` ([`reject_reason`]).
+    pub(crate) fn keep(&mut self, index: usize, line: &[u8]) {
+        if self.rings.is_empty() {
+            self.rings.resize_with(REJECT_REASONS, Ring::default);
+        }
+        let Some(ring) = self.rings.get_mut(index) else {
+            return;
+        };
+        let line = &line[..line.len().min(super::REJECT_LOG_BYTES + 1)];
+        if ring.lines.len() < RECENT_LINES {
+            ring.lines.push(line.to_vec());
+        } else {
+            let slot = &mut ring.lines[ring.next];
+            slot.clear();
+            slot.extend_from_slice(line);
+            ring.next = (ring.next + 1) % RECENT_LINES;
+        }
+        ring.fresh = (ring.fresh + 1).min(RECENT_LINES);
+        self.fresh = true;
+    }
+
+    /// True if lines were kept since the last [`Recent::drain`].
+    pub fn has_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Hands every line kept since the last drain to `f(reason index, line)`, oldest first
+    /// within a reason.
+    pub fn drain(&mut self, mut f: impl FnMut(usize, &[u8])) {
+        for (index, ring) in self.rings.iter_mut().enumerate() {
+            let n = ring.lines.len();
+            // The oldest line is at `next` once the ring is full, at 0 before.
+            let oldest = if n < RECENT_LINES { 0 } else { ring.next };
+            for k in n - ring.fresh..n {
+                f(index, &ring.lines[(oldest + k) % n]);
+            }
+            ring.fresh = 0;
+        }
+        self.fresh = false;
+    }
 }
 
 impl Stats {

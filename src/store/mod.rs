@@ -10,7 +10,8 @@
 //! - [`write`](mod@write): how one observation lands in a shard's words, per layout (the hot path's last
 //!   step, called by [`crate::pipeline`]);
 //! - [`read`]: a scrape's chunked walk over the families in name order, summing the shards;
-//! - [`sketch`]: the summary quantile sketch.
+//! - [`sketch`]: the summary quantile sketch;
+//! - [`census`]: series per family and a family's label values, for the status page.
 //!
 //! # Memory layout
 //! A series is a family name, a rendered label set and a word range `offset..offset+len`
@@ -95,6 +96,7 @@
 
 pub mod arena;
 mod catalog;
+pub mod census;
 pub mod read;
 pub mod sketch;
 pub mod write;
