@@ -17,6 +17,7 @@
 //!   handle, the file watcher.
 //! - [`daemon`]: lifecycle (start, serve, stop), control (reloads, signals, watchdog), systemd
 //!   (notify, socket activation).
+//! - [`remote`]: Prometheus remote write: each endpoint's pushes, queue and retries.
 //! - [`telemetry`]: tallyd's own metrics, every failure mode a named counter, and the records
 //!   the status page shows beside them (config story, last refused lines, ingest history).
 //! - [`ready`]: the readiness flag and what it guards.
@@ -69,5 +70,7 @@ pub mod export;
 pub mod ingest;
 #[cfg(not(loom))]
 pub mod log;
+#[cfg(not(loom))]
+pub mod remote;
 #[cfg(not(loom))]
 pub mod telemetry;

@@ -109,6 +109,109 @@ pub struct Telemetry {
     pub series_limit: IntGauge,
     /// What the status page shows beside the counters.
     pub records: Records,
+    /// `tallyd_remote_write_*`, per `[[remote_write]]` endpoint.
+    pub remote: RemoteMetrics,
+}
+
+/// `tallyd_remote_write_*`: each labelled `endpoint` (the section's name).
+pub struct RemoteMetrics {
+    /// `tallyd_remote_write_samples_sent_total`: samples in requests the receiver accepted
+    /// (staleness markers included).
+    pub samples_sent: IntCounterVec,
+    /// `tallyd_remote_write_requests_sent_total`: requests the receiver accepted.
+    pub requests_sent: IntCounterVec,
+    /// `tallyd_remote_write_requests_failed_total{reason}`: attempts that failed:
+    /// `connection`, `timeout`, `http_4xx`, `http_429`, `http_5xx`.
+    pub requests_failed: IntCounterVec,
+    /// `tallyd_remote_write_retries_total`: attempts after a failure.
+    pub retries: IntCounterVec,
+    /// `tallyd_remote_write_requests_dropped_total{reason}`: requests given up: `rejected` (a
+    /// 4xx other than 429: it would never succeed), `queue_full` (oldest dropped for a new
+    /// one), `too_old` (older than max_pending_age), `shutdown` (unsent at stop or reload).
+    pub requests_dropped: IntCounterVec,
+    /// `tallyd_remote_write_samples_dropped_total{reason}`: the samples of those requests.
+    pub samples_dropped: IntCounterVec,
+    /// `tallyd_remote_write_queue_length`: requests waiting.
+    pub queue_length: IntGaugeVec,
+    /// `tallyd_remote_write_last_success_timestamp_seconds`.
+    pub last_success: prometheus::GaugeVec,
+    /// `tallyd_remote_write_request_duration_seconds`: each attempt, answered or not.
+    pub duration: prometheus::HistogramVec,
+}
+
+impl RemoteMetrics {
+    fn new(r: &Registry) -> Self {
+        let two = |name: &str, help: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &["endpoint", "reason"])
+                .expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let last_success = prometheus::GaugeVec::new(
+            Opts::new(
+                "tallyd_remote_write_last_success_timestamp_seconds",
+                "Unix time of the last request a remote write endpoint accepted.",
+            ),
+            &["endpoint"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(last_success.clone())).expect("unique");
+        let duration = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "tallyd_remote_write_request_duration_seconds",
+                "Time of each remote write attempt, answered or not.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["endpoint"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(duration.clone())).expect("unique");
+        Self {
+            samples_sent: counter_vec(
+                r,
+                "tallyd_remote_write_samples_sent_total",
+                "Samples in remote write requests the endpoint accepted (staleness markers \
+                 included).",
+                "endpoint",
+            ),
+            requests_sent: counter_vec(
+                r,
+                "tallyd_remote_write_requests_sent_total",
+                "Remote write requests the endpoint accepted (2xx).",
+                "endpoint",
+            ),
+            requests_failed: two(
+                "tallyd_remote_write_requests_failed_total",
+                "Remote write attempts that failed, by reason: connection, timeout, http_4xx, \
+                 http_429, http_5xx.",
+            ),
+            retries: counter_vec(
+                r,
+                "tallyd_remote_write_retries_total",
+                "Remote write attempts after a failed one (429, 5xx, connection, timeout).",
+                "endpoint",
+            ),
+            requests_dropped: two(
+                "tallyd_remote_write_requests_dropped_total",
+                "Remote write requests given up, by reason: rejected (4xx other than 429), \
+                 queue_full, too_old (older than max_pending_age), shutdown.",
+            ),
+            samples_dropped: two(
+                "tallyd_remote_write_samples_dropped_total",
+                "Samples of the remote write requests given up, by reason.",
+            ),
+            queue_length: gauge_vec(
+                r,
+                "tallyd_remote_write_queue_length",
+                "Remote write requests waiting to be sent.",
+                "endpoint",
+            ),
+            last_success,
+            duration,
+        }
+    }
 }
 
 /// What the status page shows beside the counters: when tallyd started, the config's story,
@@ -579,6 +682,7 @@ impl Telemetry {
                  are refused.",
             ),
             records: Records::new(),
+            remote: RemoteMetrics::new(&r),
             registry: r,
         };
         t.last_reload_ok.set(1);

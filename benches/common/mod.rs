@@ -250,9 +250,16 @@ pub struct Peak;
 
 static LIVE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 static PEAK: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+static ALLOCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Allocations (and reallocations) made so far through [`Peak`].
+pub fn allocations() -> u64 {
+    ALLOCS.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 fn grew(by: i64) {
     use std::sync::atomic::Ordering::Relaxed;
+    ALLOCS.fetch_add(1, Relaxed);
     let now = LIVE.fetch_add(by, Relaxed) + by;
     PEAK.fetch_max(now, Relaxed);
 }

@@ -15,7 +15,9 @@ use serde::de::{DeserializeOwned, IntoDeserializer as _};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::{Config, ConfigError, Dogstatsd, Http, Limits, Log, Parse, Tcp, Udp, Unixgram};
+use super::{
+    Config, ConfigError, Dogstatsd, Http, Limits, Log, Parse, RemoteWrite, Tcp, Udp, Unixgram,
+};
 use super::{Defaults, MappingRule, line_col};
 
 /// One step of a path into the file: a key, or an index into an array of tables.
@@ -159,6 +161,7 @@ pub(crate) fn check(text: &str) -> (Option<Config>, Vec<ConfigError>) {
             "tcp" => found.per_element::<Tcp>(name, value),
             "unixgram" => found.per_element::<Unixgram>(name, value),
             "mapping" => found.per_element::<MappingRule>(name, value),
+            "remote_write" => found.per_element::<RemoteWrite>(name, value),
             _ => {
                 let (line, column) = line_col(text, key.span().start);
                 errors.push(ConfigError {
@@ -167,7 +170,7 @@ pub(crate) fn check(text: &str) -> (Option<Config>, Vec<ConfigError>) {
                     key: Some(name.to_string()),
                     message: format!(
                         "unknown section `{name}`; the sections are http, udp, tcp, unixgram, \
-                         parse, dogstatsd, defaults, limits, mapping and log"
+                         parse, dogstatsd, defaults, limits, mapping, remote_write and log"
                     ),
                 });
                 bad.push(Bad::Section(name.to_string()));

@@ -73,6 +73,8 @@ pub struct Config {
     pub mapping: Vec<MappingRule>,
     /// `[log]`: log level and format.
     pub log: Log,
+    /// `[[remote_write]]`: endpoints the current state is pushed to (Prometheus remote write).
+    pub remote_write: Vec<RemoteWrite>,
 }
 
 impl Default for Config {
@@ -88,6 +90,7 @@ impl Default for Config {
             limits: Limits::default(),
             mapping: Vec::new(),
             log: Log::default(),
+            remote_write: Vec::new(),
         }
     }
 }
@@ -347,6 +350,116 @@ impl Default for Limits {
     }
 }
 
+/// `[[remote_write]]`: one endpoint that receives the current state every `interval`
+/// (Prometheus remote write 1.0).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteWrite {
+    /// The endpoint's name in self-metrics and logs (`endpoint` label); defaults to the URL's
+    /// host and port.
+    pub name: String,
+    /// `http://` or `https://` URL of the receiver.
+    pub url: String,
+    /// How often the current state is pushed.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Time allowed for one request.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Extra request headers (a tenant header: `X-Scope-OrgID`, `THANOS-TENANT`).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Basic auth: a user and a file holding the password.
+    pub basic_auth: Option<RemoteBasicAuth>,
+    /// A file holding a bearer token.
+    pub bearer_token_file: Option<PathBuf>,
+    /// TLS for `https://` URLs.
+    pub tls: RemoteTls,
+    /// Labels added to every series (a series' own label of that name wins).
+    pub external_labels: std::collections::BTreeMap<String, String>,
+    /// Most samples in one request; a push is split into requests of at most this many.
+    pub max_samples_per_request: usize,
+    /// Most requests waiting to be sent; past it the oldest is dropped and counted.
+    pub max_pending_requests: usize,
+    /// Requests older than this are dropped unsent (counted).
+    #[serde(deserialize_with = "duration")]
+    pub max_pending_age: Duration,
+    /// First wait before a retry; doubled on each retry up to `max_backoff`.
+    #[serde(deserialize_with = "duration")]
+    pub min_backoff: Duration,
+    /// Longest wait between retries.
+    #[serde(deserialize_with = "duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RemoteWrite {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            url: String::new(),
+            interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(10),
+            headers: Default::default(),
+            basic_auth: None,
+            bearer_token_file: None,
+            tls: RemoteTls::default(),
+            external_labels: Default::default(),
+            max_samples_per_request: 2000,
+            max_pending_requests: 10_000,
+            max_pending_age: Duration::from_secs(3600),
+            min_backoff: Duration::from_millis(30),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RemoteWrite {
+    /// The `endpoint` label: `name`, or the URL's host and port.
+    pub fn endpoint(&self) -> String {
+        if !self.name.is_empty() {
+            return self.name.clone();
+        }
+        self.url
+            .parse::<hyper::Uri>()
+            .ok()
+            .and_then(|u| u.authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| self.url.clone())
+    }
+}
+
+/// `[remote_write.basic_auth]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteBasicAuth {
+    /// The user.
+    pub username: String,
+    /// A file holding the password (its first line; a trailing newline is not part of it).
+    pub password_file: PathBuf,
+}
+
+/// `[remote_write.tls]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteTls {
+    /// PEM CA certificates to verify the receiver with, instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Skip verifying the receiver's certificate (only for tests).
+    pub insecure_skip_verify: bool,
+}
+
+/// Headers a `[[remote_write]]` section may not set: the protocol's own and the auth ones.
+pub const REMOTE_RESERVED_HEADERS: [&str; 6] = [
+    "content-encoding",
+    "content-type",
+    "content-length",
+    "user-agent",
+    "x-prometheus-remote-write-version",
+    "host",
+];
+
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -453,6 +566,119 @@ impl Config {
         out
     }
 
+    /// `[[remote_write]]`'s rules: a URL tallyd can post to, names unique, files readable,
+    /// headers and labels that cannot break the protocol.
+    fn validate_remote_write(&self, err: &mut impl FnMut(&[check::Step<'_>], String)) {
+        use check::Step::{Index, Key};
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in self.remote_write.iter().enumerate() {
+            let at = |k: &'static str| [Key("remote_write"), Index(i), Key(k)];
+            match r.url.parse::<hyper::Uri>() {
+                Ok(u)
+                    if matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.authority().is_some() => {}
+                _ => err(
+                    &at("url"),
+                    format!(
+                        "{:?} is not an http:// or https:// URL with a host, e.g. \"http://127.0.0.1:9090/api/v1/write\"",
+                        r.url
+                    ),
+                ),
+            }
+            if !names.insert(r.endpoint()) {
+                err(
+                    &at("name"),
+                    format!(
+                        "two [[remote_write]] sections are named {:?}; give each a distinct name",
+                        r.endpoint()
+                    ),
+                );
+            }
+            for (k, v, min) in [
+                ("interval", r.interval, Duration::from_millis(100)),
+                ("timeout", r.timeout, Duration::from_millis(100)),
+                ("min_backoff", r.min_backoff, Duration::from_millis(1)),
+            ] {
+                if v < min {
+                    err(
+                        &at(k),
+                        format!("must be at least {}", humantime::format_duration(min)),
+                    );
+                }
+            }
+            if r.max_backoff < r.min_backoff {
+                err(&at("max_backoff"), "must be at least min_backoff".into());
+            }
+            if r.max_samples_per_request == 0 {
+                err(&at("max_samples_per_request"), "must be at least 1".into());
+            }
+            if r.max_pending_requests == 0 {
+                err(&at("max_pending_requests"), "must be at least 1".into());
+            }
+            if r.basic_auth.is_some() && r.bearer_token_file.is_some() {
+                err(
+                    &at("bearer_token_file"),
+                    "basic_auth and bearer_token_file exclude each other".into(),
+                );
+            }
+            let files = [
+                ("bearer_token_file", r.bearer_token_file.as_ref()),
+                (
+                    "basic_auth",
+                    r.basic_auth.as_ref().map(|b| &b.password_file),
+                ),
+                ("tls", r.tls.ca_file.as_ref()),
+                ("tls", r.tls.cert_file.as_ref()),
+                ("tls", r.tls.key_file.as_ref()),
+            ];
+            for (k, f) in files {
+                if let Some(f) = f
+                    && let Err(e) = std::fs::File::open(f)
+                {
+                    err(&at(k), format!("cannot read {}: {e}", f.display()));
+                }
+            }
+            if r.tls.cert_file.is_some() != r.tls.key_file.is_some() {
+                err(&at("tls"), "cert_file and key_file go together".into());
+            }
+            for h in r.headers.keys() {
+                let lower = h.to_ascii_lowercase();
+                if REMOTE_RESERVED_HEADERS.contains(&lower.as_str())
+                    || (lower == "authorization"
+                        && (r.basic_auth.is_some() || r.bearer_token_file.is_some()))
+                {
+                    err(
+                        &at("headers"),
+                        format!("header {h:?} is set by tallyd and cannot be configured"),
+                    );
+                } else if hyper::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    err(&at("headers"), format!("{h:?} is not a valid header name"));
+                }
+            }
+            for (h, v) in &r.headers {
+                if hyper::header::HeaderValue::from_str(v).is_err() {
+                    err(
+                        &at("headers"),
+                        format!("the value of {h:?} is not a valid header value"),
+                    );
+                }
+            }
+            for (k, v) in &r.external_labels {
+                if k.is_empty() || crate::naming::label_name(k) != *k || k.starts_with("__") {
+                    err(
+                        &at("external_labels"),
+                        format!(
+                            "{k:?} is not a label name tallyd may add (letters, digits and `_`, not starting with a digit or `__`)"
+                        ),
+                    );
+                }
+                if v.is_empty() {
+                    err(&at("external_labels"), format!("{k:?} has an empty value"));
+                }
+            }
+        }
+    }
+
     /// Checks that span several keys, or the world outside the file (they cannot fail while
     /// deserialising one value): every failure, each at its key.
     fn validate(&self, tree: &check::Tree<'_>) -> Vec<ConfigError> {
@@ -534,6 +760,7 @@ impl Config {
                 _ => {}
             }
         }
+        self.validate_remote_write(&mut err);
         if self.limits.max_series == 0 {
             err(
                 &[Key("limits"), Key("max_series")],

@@ -352,6 +352,11 @@ async fn settle(
             }
         }
     }
+    if let Err(e) = apply_remotes(s).await {
+        outcome = ReloadOutcome::Partial;
+        tracing::error!(error = %e, "a remote write endpoint could not be started");
+        msg.push_str(&format!("; remote write not started ({e})"));
+    }
     let pending = restart_pending(s);
     if !pending.is_empty() {
         tracing::warn!(
@@ -423,8 +428,46 @@ async fn stop(s: &Shared) {
         }
     })
     .await;
+    // Every line received is in the store now: one last push to each endpoint, at once.
+    let remotes: Vec<_> = crate::sync::lock(&s.remotes).drain(..).collect();
+    let pushes: Vec<_> = remotes
+        .into_iter()
+        .map(|e| tokio::spawn(e.stop(true)))
+        .collect();
+    for p in pushes {
+        let _ = p.await;
+    }
     let _ = s.stop_tx.send(true);
     tracing::info!("stopped");
+}
+
+/// Brings the running remote write endpoints in line with the config: an unchanged section
+/// keeps its endpoint (and its queue); a changed or removed one is stopped (its queue
+/// dropped, counted as `shutdown`) and a changed or new one started.
+pub(super) async fn apply_remotes(s: &Shared) -> Result<(), String> {
+    let want = s.live.load().config.remote_write.clone();
+    let running: Vec<_> = crate::sync::lock(&s.remotes).drain(..).collect();
+    let (keep, gone): (Vec<_>, Vec<_>) = running.into_iter().partition(|e| want.contains(&e.cfg));
+    for e in gone {
+        e.stop(false).await;
+    }
+    let mut keep = keep;
+    let mut errors = Vec::new();
+    for cfg in &want {
+        if keep.iter().any(|e| &e.cfg == cfg) {
+            continue;
+        }
+        match crate::remote::start(cfg, s.store.clone(), s.telemetry.clone(), s.live.clone()) {
+            Ok(e) => keep.push(e),
+            Err(e) => errors.push(format!("{}: {e}", cfg.endpoint())),
+        }
+    }
+    *crate::sync::lock(&s.remotes) = keep;
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 /// Brings the running listeners in line with the config. Every configured listener that is

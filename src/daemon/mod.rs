@@ -202,6 +202,8 @@ pub(crate) struct Shared {
     live: Arc<Live>,
     ready: Arc<Readiness>,
     listeners: Listeners,
+    /// The running `[[remote_write]]` endpoints.
+    remotes: Arc<std::sync::Mutex<Vec<crate::remote::Endpoint>>>,
     control: mpsc::Sender<Control>,
     stop_tx: watch::Sender<bool>,
     /// The config the daemon started with (settings that apply at start only).
@@ -302,6 +304,7 @@ impl Daemon {
             live: live.clone(),
             ready: ready.clone(),
             listeners: listeners.clone(),
+            remotes: Default::default(),
             control: control.clone(),
             stop_tx,
             started: live.load(),
@@ -625,6 +628,9 @@ impl Starting {
                 let _ = tokio::task::spawn_blocking(move || st.sweep()).await;
             }
         }));
+        if let Err(e) = control::apply_remotes(&s).await {
+            tracing::error!(error = %e, "a remote write endpoint could not be started");
+        }
         // The status page's ingest history (its first sample now, so the page has a rate as
         // soon as it is asked) and growth baseline (until the first, a minute in, growth
         // counts from the start).

@@ -499,8 +499,7 @@ impl Catalog {
     }
 
     /// A series' family.
-    #[cfg(test)]
-    fn family_of(&self, id: u32) -> u32 {
+    pub(super) fn family_of(&self, id: u32) -> u32 {
         self.series[id as usize].family
     }
 }

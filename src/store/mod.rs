@@ -11,7 +11,9 @@
 //!   step, called by [`crate::pipeline`]);
 //! - [`read`]: a scrape's chunked walk over the families in name order, summing the shards;
 //! - [`sketch`]: the summary quantile sketch;
-//! - [`census`]: series per family and a family's label values, for the status page.
+//! - [`census`]: series per family and a family's label values, for the status page;
+//! - [`departed`]: the series that left the exposition (expired), for remote write's
+//!   staleness markers.
 //!
 //! # Memory layout
 //! A series is a family name, a rendered label set and a word range `offset..offset+len`
@@ -97,6 +99,7 @@
 pub mod arena;
 mod catalog;
 pub mod census;
+pub mod departed;
 pub mod read;
 pub mod sketch;
 pub mod write;
@@ -249,6 +252,8 @@ pub struct Store {
     /// Series count, readable without the registry lock (for `tallyd_series`).
     series_gauge: AtomicU64,
     expired: AtomicU64,
+    /// Series that left the exposition, while someone wants to know.
+    departures: departed::Departures,
 }
 
 impl Store {
@@ -271,6 +276,7 @@ impl Store {
             reserved,
             series_gauge: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            departures: departed::Departures::default(),
         })
     }
 
@@ -470,6 +476,7 @@ impl Store {
                 print,
             });
             marked = true;
+            self.departures.record(&reg.cat, id);
         }
         if marked {
             self.epoch.store(next_epoch, Ordering::Release);
