@@ -121,12 +121,12 @@ pub struct RemoteMetrics {
     /// `tallyd_remote_write_requests_sent_total`: requests the receiver accepted.
     pub requests_sent: IntCounterVec,
     /// `tallyd_remote_write_requests_failed_total{reason}`: attempts that failed:
-    /// `connection`, `timeout`, `http_4xx`, `http_429`, `http_5xx`.
+    /// `connection`, `timeout`, `http_4xx`, `http_429`, `http_5xx`, `http_other` (a redirect).
     pub requests_failed: IntCounterVec,
     /// `tallyd_remote_write_retries_total`: attempts after a failure.
     pub retries: IntCounterVec,
     /// `tallyd_remote_write_requests_dropped_total{reason}`: requests given up: `rejected` (a
-    /// 4xx other than 429: it would never succeed), `queue_full` (oldest dropped for a new
+    /// 4xx other than 429, or a redirect: it would never succeed), `queue_full` (oldest dropped for a new
     /// one), `too_old` (older than max_pending_age), `shutdown` (unsent at stop or reload).
     pub requests_dropped: IntCounterVec,
     /// `tallyd_remote_write_samples_dropped_total{reason}`: the samples of those requests.
@@ -185,7 +185,7 @@ impl RemoteMetrics {
             requests_failed: two(
                 "tallyd_remote_write_requests_failed_total",
                 "Remote write attempts that failed, by reason: connection, timeout, http_4xx, \
-                 http_429, http_5xx.",
+                 http_429, http_5xx, http_other (a redirect, not followed).",
             ),
             retries: counter_vec(
                 r,

@@ -445,3 +445,113 @@ async fn remote_write_sections_reload() {
     assert!(e.line > 0);
     t.stop().await;
 }
+
+/// An address where nothing listens (a port bound, then released).
+fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{addr}/api/v1/write")
+}
+
+/// A dead endpoint's queue is bounded in size and age (the oldest dropped first, each
+/// counted), and it slows neither another endpoint nor ingest; a reload that leaves its
+/// section unchanged keeps its queue, one that changes it drops the queue (counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_is_bounded_and_isolated() {
+    let hanging = Receiver::start(&[Reply::Hang(Duration::from_secs(3600))]).await;
+    let healthy = Receiver::start(&[]).await;
+    let dead = dead_url();
+    let sections = format!(
+        "{}{}{}",
+        format_args!(
+            "[[remote_write]]\nname = \"full\"\nurl = \"{dead}\"\ninterval = \"100ms\"\n\
+             max_pending_requests = 2\nmin_backoff = \"1s\"\nmax_backoff = \"1s\"\n"
+        ),
+        format_args!(
+            "[[remote_write]]\nname = \"old\"\nurl = \"{}\"\ninterval = \"100ms\"\n\
+             timeout = \"2s\"\nmax_pending_age = \"300ms\"\n",
+            hanging.url()
+        ),
+        format_args!(
+            "[[remote_write]]\nname = \"ok\"\nurl = \"{}\"\ninterval = \"100ms\"\n",
+            healthy.url()
+        ),
+    );
+    let t = TestDaemon::start_with(&config_text(1, &sections), |o| o.watch = false).await;
+    let v = |m: &str, s: &str| value(m, s).unwrap_or(0.0);
+    let m = wait_until(t.http, "a full queue dropping its oldest", |m| {
+        v(
+            m,
+            "tallyd_remote_write_requests_dropped_total{endpoint=\"full\",reason=\"queue_full\"}",
+        ) >= 3.0
+    })
+    .await;
+    assert!(
+        v(
+            &m,
+            "tallyd_remote_write_samples_dropped_total{endpoint=\"full\",reason=\"queue_full\"}"
+        ) > 0.0
+    );
+    assert_eq!(
+        v(&m, "tallyd_remote_write_queue_length{endpoint=\"full\"}"),
+        2.0
+    );
+    // The hanging endpoint's requests time out one after the other; those queued behind age
+    // out unsent. Meanwhile the healthy endpoint and ingest go on.
+    for i in 1..=5 {
+        t.send(format!("alive:{i}|c").as_bytes());
+    }
+    healthy
+        .wait("the healthy endpoint's pushes of what came in", |g| {
+            pushed(g).get("alive_total{}") == Some(&15.0)
+        })
+        .await;
+    wait_for(t.http, &[("alive_total", 15.0)]).await;
+
+    // Unchanged section: the queue stays (it is full again at once, never emptied).
+    t.rewrite_config(&config_text(
+        1,
+        &format!("{sections}\n[limits]\nmax_series = 9999\n"),
+    ));
+    assert!(t.d().reload().await.is_ok());
+    let m = t.scrape().await;
+    let shutdown =
+        "tallyd_remote_write_requests_dropped_total{endpoint=\"full\",reason=\"shutdown\"}";
+    assert_eq!(v(&m, shutdown), 0.0);
+    // Changed section: restarted, its two queued requests dropped and counted.
+    let changed = sections.replace("max_pending_requests = 2", "max_pending_requests = 3");
+    t.rewrite_config(&config_text(1, &changed));
+    assert!(t.d().reload().await.is_ok());
+    let m = t.scrape().await;
+    assert_eq!(v(&m, shutdown), 2.0);
+    let m = wait_until(t.http, "requests too old to send", |m| {
+        v(
+            m,
+            "tallyd_remote_write_requests_dropped_total{endpoint=\"old\",reason=\"too_old\"}",
+        ) > 0.0
+    })
+    .await;
+    assert!(
+        v(
+            &m,
+            "tallyd_remote_write_requests_failed_total{endpoint=\"old\",reason=\"timeout\"}"
+        ) >= 1.0
+    );
+    t.stop().await;
+}
+
+/// SIGTERM to the binary: the listeners drain, then one last push carries every count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_pushes_once_more() {
+    let rx = Receiver::start(&[]).await;
+    let mut d = Spawned::start(&remote(&rx.url(), "interval = \"1h\""));
+    send(d.udp, b"bye:7|c");
+    wait_for(d.http, &[("bye_total", 7.0)]).await;
+    assert!(rx.got().is_empty());
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success(), "{}", d.log());
+    let got = rx.got();
+    assert_eq!(got.len(), 1, "{}", d.log());
+    assert_eq!(pushed(&got)["bye_total{}"], 7.0);
+}

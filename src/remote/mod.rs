@@ -19,8 +19,8 @@
 //! # Failures
 //! 2xx: sent. 429, 5xx, a connection error or a timeout: the same request is tried again
 //! after an exponential backoff with jitter (`min_backoff` doubled up to `max_backoff`), or
-//! after the `Retry-After` the receiver asked for. Any other 4xx: the request is dropped and
-//! counted (it would never succeed). Nothing here runs on an ingest thread, and each endpoint
+//! after the `Retry-After` the receiver asked for. Any other 4xx (or a redirect, which tallyd
+//! does not follow): the request is dropped and counted (it would never succeed). Nothing here runs on an ingest thread, and each endpoint
 //! has its own tasks, so a slow or dead endpoint slows neither ingest, nor scrapes, nor another
 //! endpoint.
 
@@ -46,6 +46,10 @@ use crate::telemetry::Telemetry;
 use encode::{Batcher, Request};
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The longest a stop waits for an endpoint's last push, whatever its `timeout`: well within
+/// systemd's default stop timeout (90 s).
+pub const FINAL_PUSH_MAX: Duration = Duration::from_secs(30);
 
 /// The longest `Retry-After` tallyd honours.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
@@ -150,9 +154,10 @@ impl Endpoint {
     }
 
     /// Stops: with `final_push`, one last push and the queue drained, both within the
-    /// endpoint's `timeout`; what is left unsent is counted (`shutdown`).
+    /// endpoint's `timeout` (at most [`FINAL_PUSH_MAX`]); what is left unsent is counted
+    /// (`shutdown`).
     pub async fn stop(self, final_push: bool) {
-        let deadline = tokio::time::Instant::now() + self.ctx.cfg.timeout;
+        let deadline = tokio::time::Instant::now() + self.ctx.cfg.timeout.min(FINAL_PUSH_MAX);
         let _ = self.stop.send(final_push);
         let _ = tokio::time::timeout_at(deadline, self.producer).await;
         if final_push {
@@ -332,10 +337,8 @@ impl Ctx {
                         .set(crate::telemetry::unix_now());
                     return;
                 }
-                Attempt::Refused(status, body) => {
-                    m.requests_failed
-                        .with_label_values(&[name, "http_4xx"])
-                        .inc();
+                Attempt::Refused(reason, status, body) => {
+                    m.requests_failed.with_label_values(&[name, reason]).inc();
                     self.dropped("rejected", p.req.samples);
                     tracing::error!(
                         endpoint = name,
@@ -397,7 +400,12 @@ impl Ctx {
                 } else if status.is_server_error() {
                     Attempt::Retry("http_5xx", retry_after)
                 } else {
-                    Attempt::Refused(status, body)
+                    let reason = if status.is_client_error() {
+                        "http_4xx"
+                    } else {
+                        "http_other"
+                    };
+                    Attempt::Refused(reason, status, body)
                 }
             }
         }
@@ -407,8 +415,9 @@ impl Ctx {
 /// How an attempt ended.
 enum Attempt {
     Accepted,
-    /// A 4xx other than 429 (or an unexpected status): never retried.
-    Refused(hyper::StatusCode, String),
+    /// A 4xx other than 429, or a status that is neither success nor error (a redirect):
+    /// never retried. The reason label, the status, the reply.
+    Refused(&'static str, hyper::StatusCode, String),
     /// Retried: the reason label, and the wait the receiver asked for.
     Retry(&'static str, Option<Duration>),
 }
