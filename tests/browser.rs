@@ -184,12 +184,7 @@ async fn the_status_page_in_chromium_matches_the_api_and_the_metrics() {
 
     // Traffic stopped and settled: every number on the page is the API's and /metrics'.
     let sent = a.stop() + b.stop() + 1;
-    let dg = format!("tallyd_datagrams_received_total{{listener=\"{udp}\"}}");
-    let drops = format!("tallyd_udp_kernel_drops_total{{listener=\"{udp}\"}}");
-    let metrics = wait_until(t.http, "every datagram read or dropped", |m| {
-        value(m, &dg).unwrap_or(0.0) + value(m, &drops).unwrap_or(0.0) == sent as f64
-    })
-    .await;
+    let metrics = wait_datagrams(t.http, udp, sent).await;
     c.goto(&page).await.expect("reload the page");
     let s = status(t.http).await;
     for l in s["listeners"].as_array().unwrap() {

@@ -629,3 +629,15 @@ pub const SUCCESS: &str = r#"tallyd_config_reloads_total{outcome="success"}"#;
 pub const FAILURE: &str = r#"tallyd_config_reloads_total{outcome="failure"}"#;
 pub const PARTIAL: &str = r#"tallyd_config_reloads_total{outcome="partial"}"#;
 pub const LAST_OK: &str = "tallyd_config_last_reload_successful";
+
+/// Waits until every one of `sent` datagrams to the UDP listener `listener` (its label) was
+/// read or dropped by the kernel (counted in `tallyd_udp_kernel_drops_total`); returns the
+/// scrape.
+pub async fn wait_datagrams(http: SocketAddr, listener: &str, sent: u64) -> String {
+    let dg = format!("tallyd_datagrams_received_total{{listener=\"{listener}\"}}");
+    let drops = format!("tallyd_udp_kernel_drops_total{{listener=\"{listener}\"}}");
+    wait_until(http, "every datagram read or dropped", |m| {
+        value(m, &dg).unwrap_or(0.0) + value(m, &drops).unwrap_or(0.0) == sent as f64
+    })
+    .await
+}
