@@ -937,3 +937,49 @@ async fn concurrent_scrapes_are_complete() {
     }
     t.stop().await;
 }
+
+/// Signed gauges are a dialect: deltas by default (Etsy StatsD, statsd_exporter), absolute
+/// values on a listener with `gauge_signs = "absolute"` (DogStatsD clients), per listener and
+/// transport, cached lines included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gauge_signs_are_a_per_listener_choice() {
+    let t = TestDaemon::start(&config_text(
+        1,
+        "[[udp]]\nlisten = \"127.0.0.1:0\"\nworkers = 1\ngauge_signs = \"absolute\"\n\n\
+         [[tcp]]\nlisten = \"127.0.0.1:0\"\ngauge_signs = \"absolute\"\n",
+    ))
+    .await;
+    let (etsy, dd) = (t.udp[0], t.udp[1]);
+    for (to, name) in [(etsy, "etsy"), (dd, "dog")] {
+        // Twice, so the second round goes through the writers' caches.
+        for _ in 0..2 {
+            send(
+                to,
+                format!("{name}.g:10|g\n{name}.g:-3|g\n{name}.p:+4|g").as_bytes(),
+            );
+        }
+    }
+    send_tcp(
+        t.d().tcp_addrs()[0],
+        b"tcp.g:10|g\ntcp.g:-3|g\ntcp.p:+4|g\n",
+    );
+    wait_for(
+        t.http,
+        &[
+            // Deltas: each round sets g to 10 and lowers it by 3, and raises p by 4.
+            // Absolute: the last value sent.
+            ("etsy_g", 7.0),
+            ("etsy_p", 8.0),
+            ("dog_g", -3.0),
+            ("dog_p", 4.0),
+            ("tcp_g", -3.0),
+            ("tcp_p", 4.0),
+        ],
+    )
+    .await;
+    // A typo is refused with its place.
+    let e =
+        tallyd::config::Config::from_toml("[[udp]]\ngauge_signs = \"dogstatsd\"\n").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("udp[0].gauge_signs"));
+    t.stop().await;
+}

@@ -153,6 +153,8 @@ pub struct Udp {
     pub max_datagram_size: u64,
     /// Datagrams read per `recvmmsg` call.
     pub batch: usize,
+    /// What a signed gauge value (`-3|g`, `+3|g`) means on this listener.
+    pub gauge_signs: GaugeSigns,
 }
 
 impl Default for Udp {
@@ -163,6 +165,7 @@ impl Default for Udp {
             recv_buffer: 8 << 20,
             max_datagram_size: 65536,
             batch: 32,
+            gauge_signs: GaugeSigns::Delta,
         }
     }
 }
@@ -197,6 +200,18 @@ impl Udp {
     }
 }
 
+/// What a gauge value with a leading sign means: the StatsD dialects differ.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum GaugeSigns {
+    /// Etsy StatsD and statsd_exporter: `-3|g` and `+3|g` change the gauge by -3 and +3.
+    #[default]
+    Delta,
+    /// DogStatsD: `-3|g` sets the gauge to -3 (`+3|g` to 3); a DogStatsD client sends a
+    /// negative gauge as it is.
+    Absolute,
+}
+
 /// `[[tcp]]`: one TCP listener of `\n`-terminated lines.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields, default)]
@@ -211,6 +226,8 @@ pub struct Tcp {
     /// A connection that sends nothing for this long is closed.
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
+    /// What a signed gauge value (`-3|g`, `+3|g`) means on this listener.
+    pub gauge_signs: GaugeSigns,
 }
 
 impl Default for Tcp {
@@ -220,6 +237,7 @@ impl Default for Tcp {
             max_line_length: 64 << 10,
             max_connections: 1024,
             idle_timeout: Duration::from_secs(300),
+            gauge_signs: GaugeSigns::Delta,
         }
     }
 }
@@ -236,6 +254,8 @@ pub struct Unixgram {
     /// SO_RCVBUF asked for.
     #[serde(deserialize_with = "size")]
     pub recv_buffer: u64,
+    /// What a signed gauge value (`-3|g`, `+3|g`) means on this listener.
+    pub gauge_signs: GaugeSigns,
 }
 
 impl Default for Unixgram {
@@ -244,6 +264,7 @@ impl Default for Unixgram {
             path: "/run/tallyd/statsd.sock".into(),
             mode: 0o660,
             recv_buffer: 8 << 20,
+            gauge_signs: GaugeSigns::Delta,
         }
     }
 }

@@ -77,8 +77,10 @@ impl Drop for DeathWatch {
 
 impl Sinks {
     /// A new writer (its own shard) for one ingest thread or listener.
-    fn writer(&self, label: &str) -> Writer {
-        Writer::new(&self.store, self.live.clone()).with_listener(label)
+    fn writer(&self, label: &str, signs: crate::config::GaugeSigns) -> Writer {
+        Writer::new(&self.store, self.live.clone())
+            .with_listener(label)
+            .with_gauge_signs(signs)
     }
 }
 
@@ -328,8 +330,14 @@ pub fn start_udp(cfg: &Udp, sockets: Vec<Socket>, sinks: &Sinks) -> io::Result<R
     };
     for (i, sock) in per_worker.into_iter().enumerate() {
         let bufs = sys::MmsgBuffers::new(cfg.batch, cfg.max_datagram_size as usize);
-        let (thread, beat) =
-            DatagramWorker::spawn(format!("tallyd-udp-{i}"), sock, bufs, &label, &stop, sinks)?;
+        let (thread, beat) = DatagramWorker::spawn(
+            format!("tallyd-udp-{i}"),
+            sock,
+            bufs,
+            (&label, cfg.gauge_signs),
+            &stop,
+            sinks,
+        )?;
         threads.push(thread);
         beats.push(beat);
     }
@@ -385,7 +393,7 @@ pub fn start_unixgram(
         "tallyd-unixgram".into(),
         sock.clone(),
         bufs,
-        &label,
+        (&label, cfg.gauge_signs),
         &stop,
         sinks,
     )?;
@@ -567,7 +575,7 @@ impl DatagramWorker {
         name: String,
         socket: Arc<Socket>,
         bufs: sys::MmsgBuffers,
-        label: &str,
+        (label, signs): (&str, crate::config::GaugeSigns),
         stop: &Arc<AtomicBool>,
         sinks: &Sinks,
     ) -> io::Result<(JoinHandle<()>, Heartbeat)> {
@@ -576,7 +584,7 @@ impl DatagramWorker {
         let beat = Arc::new(AtomicU64::new(0));
         let worker = DatagramWorker {
             socket,
-            writer: sinks.writer(label),
+            writer: sinks.writer(label, signs),
             store: sinks.store.clone(),
             counters: Counters::datagram(t, label),
             telemetry: t.clone(),
@@ -708,7 +716,7 @@ pub fn start_tcp(cfg: &Tcp, listener: std::net::TcpListener, sinks: &Sinks) -> i
     let addr = listener.local_addr()?;
     let label = format!("tcp://{addr}");
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let writer = Arc::new(Mutex::new(sinks.writer(&label)));
+    let writer = Arc::new(Mutex::new(sinks.writer(&label, cfg.gauge_signs)));
     let counters = Counters::stream(t, &label);
     let stop = Arc::new(AtomicBool::new(false));
     let open = t.tcp_connections.with_label_values(&[&label]);

@@ -70,6 +70,8 @@ pub struct Writer {
     listener: Arc<str>,
     /// Per [`ParseError`] reason: when a rejected line was last logged (at debug level).
     reject_log: Box<[Throttle; ParseError::ALL.len()]>,
+    /// Signed gauge values set the gauge (DogStatsD) instead of changing it (Etsy).
+    absolute_gauges: bool,
     /// Counters since the last flush.
     pub stats: Stats,
 }
@@ -149,10 +151,18 @@ impl Writer {
             batch: Batch::at(std::time::Duration::ZERO, std::time::Duration::from_secs(1)),
             listener: Arc::from(""),
             reject_log: Box::new([Throttle::new(REJECT_LOG_EVERY); ParseError::ALL.len()]),
+            absolute_gauges: false,
             stats: Stats::default(),
         };
         w.begin_batch();
         w
+    }
+
+    /// The same writer, reading signed gauge values as `signs` says (a listener's
+    /// `gauge_signs`).
+    pub fn with_gauge_signs(mut self, signs: crate::config::GaugeSigns) -> Self {
+        self.absolute_gauges = signs == crate::config::GaugeSigns::Absolute;
+        self
     }
 
     /// The same writer, naming `listener` (its `listener` label) in the rejected-line log.
@@ -356,7 +366,7 @@ impl Writer {
                 let s = Obs {
                     kind: h.kind,
                     value,
-                    delta,
+                    delta: delta && !self.absolute_gauges,
                     rate: h.rate,
                     member: "",
                 };
@@ -511,6 +521,13 @@ impl Writer {
 
     /// Aggregates one parsed sample.
     pub fn record(&mut self, s: &Sample<'_>) {
+        let absolute;
+        let s = if s.delta && self.absolute_gauges {
+            absolute = Sample { delta: false, ..*s };
+            &absolute
+        } else {
+            s
+        };
         if self.line_samples == 1 {
             // A second sample: the line is not one sample, and this one may share the key.
             self.file_pending(false);
