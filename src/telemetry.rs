@@ -107,6 +107,12 @@ pub struct Telemetry {
     pub lines_rejected: IntCounterVec,
     /// `tallyd_series_limit`: `[limits] max_series` in force.
     pub series_limit: IntGauge,
+    /// `tallyd_relay_lines_total`: lines handed to the relay's sender.
+    pub relay_lines: IntCounter,
+    /// `tallyd_relay_datagrams_total`: datagrams handed to the relay's sender.
+    pub relay_datagrams: IntCounter,
+    /// `tallyd_relay_lines_dropped_total{reason}`: `queue_full`, `too_long`, `send_failed`.
+    pub relay_dropped: [IntCounter; 3],
     /// What the status page shows beside the counters.
     pub records: Records,
     /// `tallyd_remote_write_*`, per `[[remote_write]]` endpoint.
@@ -588,7 +594,7 @@ impl Telemetry {
                 "tallyd_config_restart_required",
                 "1 if settings of the file in force wait for a restart: [http] listen, \
                  tls_cert_file, tls_key_file, max_connections, header_read_timeout, \
-                 write_timeout (and [log] \
+                 write_timeout, [relay] (and [log] \
                  where the logger cannot change live). The reload log names them.",
             ),
             log_dropped: {
@@ -681,6 +687,31 @@ impl Telemetry {
                 "[limits] max_series in force: samples that would create a series beyond it \
                  are refused.",
             ),
+            relay_lines: counter(
+                &r,
+                "tallyd_relay_lines_total",
+                "Lines handed to the [relay] sender (accepted lines, as received).",
+            ),
+            relay_datagrams: counter(
+                &r,
+                "tallyd_relay_datagrams_total",
+                "Datagrams packed for the [relay] sender.",
+            ),
+            relay_dropped: {
+                let v = counter_vec(
+                    &r,
+                    "tallyd_relay_lines_dropped_total",
+                    "Lines not relayed, by reason: queue_full (the relay's queue was full; \
+                     ingest never waits for it), too_long (longer than the relay's \
+                     max_datagram_size), send_failed (the UDP send failed).",
+                    "reason",
+                );
+                [
+                    v.with_label_values(&["queue_full"]),
+                    v.with_label_values(&["too_long"]),
+                    v.with_label_values(&["send_failed"]),
+                ]
+            },
             records: Records::new(),
             remote: RemoteMetrics::new(&r),
             registry: r,
@@ -714,6 +745,10 @@ impl Telemetry {
         add(&self.dropped, &mut s.dropped);
         add(&self.refused, &mut s.refused);
         for (c, v) in [
+            (&self.relay_lines, &mut s.relay_lines),
+            (&self.relay_datagrams, &mut s.relay_datagrams),
+            (&self.relay_dropped[0], &mut s.relay_queue_full),
+            (&self.relay_dropped[1], &mut s.relay_too_long),
             (&self.unmapped, &mut s.unmapped),
             (&self.cache_hits, &mut s.cache_hits),
             (&self.cache_misses, &mut s.cache_misses),

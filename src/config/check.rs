@@ -18,7 +18,7 @@ use toml::de::{DeTable, DeValue};
 use super::{
     Config, ConfigError, Dogstatsd, Http, Limits, Log, Parse, RemoteWrite, Tcp, Udp, Unixgram,
 };
-use super::{Defaults, MappingRule, line_col};
+use super::{Defaults, MappingRule, Relay, line_col};
 
 /// One step of a path into the file: a key, or an index into an array of tables.
 #[derive(Debug, Clone, Copy)]
@@ -157,6 +157,7 @@ pub(crate) fn check(text: &str) -> (Option<Config>, Vec<ConfigError>) {
             "defaults" => found.per_key::<Defaults>(name, None, value),
             "limits" => found.per_key::<Limits>(name, None, value),
             "log" => found.per_key::<Log>(name, None, value),
+            "relay" => found.per_key::<Relay>(name, None, value),
             "udp" => found.per_element::<Udp>(name, value),
             "tcp" => found.per_element::<Tcp>(name, value),
             "unixgram" => found.per_element::<Unixgram>(name, value),
@@ -170,7 +171,7 @@ pub(crate) fn check(text: &str) -> (Option<Config>, Vec<ConfigError>) {
                     key: Some(name.to_string()),
                     message: format!(
                         "unknown section `{name}`; the sections are http, udp, tcp, unixgram, \
-                         parse, dogstatsd, defaults, limits, mapping, remote_write and log"
+                         parse, dogstatsd, defaults, limits, mapping, remote_write, relay and log"
                     ),
                 });
                 bad.push(Bad::Section(name.to_string()));

@@ -75,6 +75,8 @@ pub struct Config {
     pub log: Log,
     /// `[[remote_write]]`: endpoints the current state is pushed to (Prometheus remote write).
     pub remote_write: Vec<RemoteWrite>,
+    /// `[relay]`: every accepted line also forwarded to another StatsD server.
+    pub relay: Option<Relay>,
 }
 
 impl Default for Config {
@@ -91,6 +93,7 @@ impl Default for Config {
             mapping: Vec::new(),
             log: Log::default(),
             remote_write: Vec::new(),
+            relay: None,
         }
     }
 }
@@ -367,6 +370,30 @@ impl Default for Limits {
         Self {
             max_series: 1_000_000,
             max_series_per_metric: 0,
+        }
+    }
+}
+
+/// `[relay]`: every line a listener accepts is also sent, as received, to another StatsD
+/// server over UDP (to feed an old pipeline during a migration).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Relay {
+    /// `host:port` of the StatsD server (resolved at start).
+    pub address: String,
+    /// Lines are packed into datagrams of at most this many bytes.
+    #[serde(deserialize_with = "size")]
+    pub max_datagram_size: u64,
+    /// Datagrams waiting for the relay's sender; past it they are dropped and counted.
+    pub queue: usize,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Self {
+            address: String::new(),
+            max_datagram_size: 1432,
+            queue: 4096,
         }
     }
 }
@@ -782,6 +809,30 @@ impl Config {
             }
         }
         self.validate_remote_write(&mut err);
+        if let Some(r) = &self.relay {
+            let at = |k: &'static str| [Key("relay"), Key(k)];
+            let port_ok = r.address.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !port_ok {
+                err(
+                    &at("address"),
+                    format!(
+                        "{:?} is not host:port (e.g. \"127.0.0.1:9125\" or \"statsd.example.net:8125\")",
+                        r.address
+                    ),
+                );
+            }
+            if r.max_datagram_size == 0 || r.max_datagram_size > 65507 {
+                err(
+                    &at("max_datagram_size"),
+                    "must be between 1 and 65507 bytes".into(),
+                );
+            }
+            if r.queue == 0 {
+                err(&at("queue"), "must be at least 1".into());
+            }
+        }
         if self.limits.max_series == 0 {
             err(
                 &[Key("limits"), Key("max_series")],

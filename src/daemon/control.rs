@@ -375,7 +375,7 @@ async fn settle(
 
 /// The settings of the file in force that the running daemon does not apply until a restart
 /// (what `tallyd_config_restart_required` reports): `[http]` listen, TLS files and limits,
-/// and `[log]` when the logger cannot be changed live. Sets the gauge.
+/// `[relay]`, and `[log]` when the logger cannot be changed live. Sets the gauge.
 fn restart_pending(s: &Shared) -> Vec<&'static str> {
     let now = s.live.load();
     let (a, b) = (&s.started.config.http, &now.config.http);
@@ -391,6 +391,9 @@ fn restart_pending(s: &Shared) -> Vec<&'static str> {
         || a.write_timeout != b.write_timeout
     {
         keys.push("[http] max_connections/header_read_timeout/write_timeout");
+    }
+    if s.started.config.relay != now.config.relay {
+        keys.push("[relay]");
     }
     if s.log_reload.is_none() && s.started.config.log != now.config.log {
         keys.push("[log]");

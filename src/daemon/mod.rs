@@ -202,6 +202,8 @@ pub(crate) struct Shared {
     live: Arc<Live>,
     ready: Arc<Readiness>,
     listeners: Listeners,
+    /// The `[relay]` sender, as the daemon started (a change waits for a restart).
+    relay: Option<Arc<ingest::relay::RelayHandle>>,
     /// The running `[[remote_write]]` endpoints.
     remotes: Arc<std::sync::Mutex<Vec<crate::remote::Endpoint>>>,
     control: mpsc::Sender<Control>,
@@ -289,6 +291,21 @@ impl Daemon {
             }
         };
         let telemetry = Arc::new(Telemetry::new());
+        let relay = match &snapshot.config.relay {
+            Some(r) => {
+                let origin = origin(opts.config_path.as_deref(), None, "[relay] address");
+                Some(Arc::new(
+                    ingest::relay::RelayHandle::start(r, telemetry.relay_dropped[2].clone())
+                        .map_err(|source| StartError::Bind {
+                            what: "start the relay to",
+                            address: r.address.clone(),
+                            origin,
+                            source,
+                        })?,
+                ))
+            }
+            None => None,
+        };
         telemetry
             .records
             .config_loaded(opts.config_path.as_deref(), text.as_deref(), "start");
@@ -305,6 +322,7 @@ impl Daemon {
             ready: ready.clone(),
             listeners: listeners.clone(),
             remotes: Default::default(),
+            relay,
             control: control.clone(),
             stop_tx,
             started: live.load(),
@@ -512,6 +530,7 @@ pub(crate) fn start_listener(key: &Key, passed: &[Passed], s: &Shared) -> std::i
         live: s.live.clone(),
         telemetry: s.telemetry.clone(),
         on_death: s.on_death(),
+        relay: s.relay.clone(),
     };
     let passed = take_passed(passed, |p| claims(key, p));
     match key {

@@ -7,7 +7,10 @@
 //! config or a store epoch promptly; on stop they drain what the socket still holds, then exit.
 //! TCP connections are async tasks sharing one writer per listener behind a mutex (streams
 //! carry far fewer lines than UDP on a StatsD host).
+//!
+//! [`relay`] is the `[relay]` sender: the lines every writer accepted, forwarded over UDP.
 
+pub mod relay;
 pub mod sys;
 
 use std::io;
@@ -46,6 +49,8 @@ pub struct Sinks {
     pub telemetry: Arc<Telemetry>,
     /// Told the name of an ingest thread or task that dies (panics).
     pub on_death: OnDeath,
+    /// The relay, if `[relay]` is configured.
+    pub relay: Option<std::sync::Arc<relay::RelayHandle>>,
 }
 
 /// What to do when an ingest worker dies: given its name.
@@ -81,6 +86,7 @@ impl Sinks {
         Writer::new(&self.store, self.live.clone())
             .with_listener(label)
             .with_gauge_signs(signs)
+            .with_relay(self.relay.as_ref().map(|r| r.out()))
     }
 }
 
@@ -144,6 +150,7 @@ fn flush(w: &mut Writer, c: &Counters, t: &Telemetry, p: &mut Pending) {
         c.lines.inc_by(w.stats.lines);
         w.stats.lines = 0;
     }
+    w.flush_relay();
     // The parse errors are zeroed by the telemetry flush below, so this is what this batch
     // refused.
     let rejected: u64 = w.stats.parse_errors.iter().sum();

@@ -17,6 +17,7 @@
 //! shared: the hot path reads only the writer's own memory and writes only its own shard.
 
 mod cache;
+pub mod relay;
 mod resolve;
 pub mod stats;
 
@@ -72,6 +73,8 @@ pub struct Writer {
     reject_log: Box<[Throttle; ParseError::ALL.len()]>,
     /// Signed gauge values set the gauge (DogStatsD) instead of changing it (Etsy).
     absolute_gauges: bool,
+    /// Where accepted lines are copied for the relay, if one is configured.
+    relay: Option<relay::RelayOut>,
     /// Counters since the last flush.
     pub stats: Stats,
 }
@@ -152,6 +155,7 @@ impl Writer {
             listener: Arc::from(""),
             reject_log: Box::new([Throttle::new(REJECT_LOG_EVERY); ParseError::ALL.len()]),
             absolute_gauges: false,
+            relay: None,
             stats: Stats::default(),
         };
         w.begin_batch();
@@ -163,6 +167,20 @@ impl Writer {
     pub fn with_gauge_signs(mut self, signs: crate::config::GaugeSigns) -> Self {
         self.absolute_gauges = signs == crate::config::GaugeSigns::Absolute;
         self
+    }
+
+    /// The same writer, copying every line the parser accepts to `relay`.
+    pub fn with_relay(mut self, relay: Option<relay::RelayOut>) -> Self {
+        self.relay = relay;
+        self
+    }
+
+    /// Hands the relay the datagram it is packing (call after each batch, so a quiet sender's
+    /// lines are not held back).
+    pub fn flush_relay(&mut self) {
+        if let Some(r) = &mut self.relay {
+            r.flush(&mut self.stats);
+        }
     }
 
     /// The same writer, naming `listener` (its `listener` label) in the rejected-line log.
@@ -346,6 +364,9 @@ impl Writer {
             self.stats.cache_hits += 1;
             self.stats.samples[Stats::sample_kind_index(MetricType::Counter)] += 1;
             self.shard.add_counter(offset, v, self.batch.stamp);
+            if let Some(r) = &mut self.relay {
+                r.line(line, &mut self.stats);
+            }
             return;
         }
         self.other_line(line, colon_bar, found);
@@ -372,6 +393,9 @@ impl Writer {
                 };
                 self.stats.cache_hits += 1;
                 settle(&h, &self.shard, &self.batch, &mut self.stats, s, true);
+                if let Some(r) = &mut self.relay {
+                    r.line(line, &mut self.stats);
+                }
                 return;
             }
             self.line_key.clear();
@@ -403,6 +427,9 @@ impl Writer {
         }
         if refusals != (self.stats.dropped, self.stats.refused) {
             self.keep_refused(refusals, line);
+        }
+        if !failed && let Some(r) = &mut self.relay {
+            r.line(line, &mut self.stats);
         }
     }
 

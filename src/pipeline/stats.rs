@@ -41,6 +41,14 @@ pub struct Stats {
     pub rule_drops: HashMap<usize, u64>,
     /// The last few refused lines per reason, for the status page.
     pub recent: Recent,
+    /// Lines handed to the relay's sender.
+    pub relay_lines: u64,
+    /// Datagrams handed to the relay's sender.
+    pub relay_datagrams: u64,
+    /// Lines dropped because the relay's queue was full.
+    pub relay_queue_full: u64,
+    /// Lines longer than the relay's datagram size, not relayed.
+    pub relay_too_long: u64,
 }
 
 /// How many reasons a line or sample is refused for, as the status page lists them (see
