@@ -117,6 +117,16 @@ pub fn metric_name(s: &str) -> String {
     out
 }
 
+/// A metric name as statsd_exporter escapes it (`[defaults] naming = "statsd_exporter"`): as
+/// [`metric_name`], but `:` is escaped too.
+pub fn exporter_metric_name(s: &str) -> String {
+    let mut out = metric_name(s);
+    if out.contains(':') {
+        out = out.replace(':', "_");
+    }
+    out
+}
+
 /// A Prometheus label name: every character outside `[a-zA-Z0-9_]` becomes `_`; a leading digit
 /// gets a `_` prefix.
 pub fn label_name(s: &str) -> String {

@@ -16,6 +16,7 @@ pub mod mapping;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -337,6 +338,49 @@ pub struct Defaults {
     /// Sliding window over which a set's distinct members are counted.
     #[serde(deserialize_with = "duration")]
     pub set_window: Duration,
+    /// What `ms`, `h` and `d` samples become where no mapping rule says: a histogram, or a
+    /// summary. Unset: a histogram, or a summary under `naming = "statsd_exporter"`.
+    pub observer: Option<mapping::ObserverKind>,
+    /// Default summary quantiles.
+    #[serde(deserialize_with = "mapping::opt_quantiles")]
+    pub quantiles: Option<Vec<f64>>,
+    /// Default summary window.
+    #[serde(deserialize_with = "mapping::opt_duration")]
+    pub window: Option<Duration>,
+    /// Which exposition conventions names follow.
+    pub naming: Naming,
+}
+
+/// The naming conventions of the exposition.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Naming {
+    /// Prometheus's: counters end in `_total`; lint-clean.
+    #[default]
+    Tallyd,
+    /// statsd_exporter's, for dashboards written against it: counters keep their name as
+    /// mapped (no `_total` added), observers default to summaries, and `:` in a name is
+    /// escaped like any other character outside `[a-zA-Z0-9_]`.
+    StatsdExporter,
+}
+
+impl Defaults {
+    /// The summary settings of observers that no mapping rule gives an `observer`: `None`
+    /// when they are histograms.
+    pub fn summary(&self) -> Option<mapping::SummarySpec> {
+        let summary = match self.observer {
+            Some(o) => o == mapping::ObserverKind::Summary,
+            None => self.naming == Naming::StatsdExporter,
+        };
+        summary.then(|| mapping::SummarySpec {
+            quantiles: Arc::from(
+                self.quantiles
+                    .as_deref()
+                    .unwrap_or(&mapping::DEFAULT_QUANTILES),
+            ),
+            window: self.window.unwrap_or(mapping::DEFAULT_WINDOW),
+        })
+    }
 }
 
 /// Prometheus client libraries' default buckets.
@@ -351,6 +395,10 @@ impl Default for Defaults {
             timer_buckets: DEFAULT_BUCKETS.to_vec(),
             histogram_buckets: DEFAULT_BUCKETS.to_vec(),
             set_window: Duration::from_secs(60),
+            observer: None,
+            quantiles: None,
+            window: None,
+            naming: Naming::Tallyd,
         }
     }
 }
@@ -591,7 +639,8 @@ impl Config {
     }
 
     /// Settings that work but are probably not what the operator wants, each at its key: a
-    /// unixgram socket every local user may write to.
+    /// unixgram socket every local user may write to, statsd_exporter's names (which
+    /// Prometheus's lint flags).
     pub(crate) fn warnings(&self, text: &str) -> Vec<ConfigError> {
         use check::Step::{Index, Key};
         let Some(tree) = check::Tree::parse(text) else {
@@ -610,6 +659,16 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if self.defaults.naming == Naming::StatsdExporter {
+            out.push(tree.error(
+                &[Key("defaults"), Key("naming")],
+                "statsd_exporter naming: counters keep their names as mapped (no `_total` \
+                 added), observers are summaries unless `observer` says otherwise, and `:` in \
+                 names becomes `_`; `promtool check metrics` will report `counter metrics \
+                 should have \"_total\" suffix` for every counter not named so"
+                    .into(),
+            ));
         }
         out
     }
@@ -878,6 +937,12 @@ impl Config {
             err(
                 &[Key("defaults"), Key("set_window")],
                 "must be at least 1s".into(),
+            );
+        }
+        if self.defaults.window.is_some_and(|w| w < Duration::from_secs(2)) {
+            err(
+                &[Key("defaults"), Key("window")],
+                "a summary window must be at least 2s".into(),
             );
         }
         let dd = &self.dogstatsd;

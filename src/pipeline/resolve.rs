@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::Writer;
 use super::cache::Entry;
+use crate::config::Naming;
 use crate::config::mapping::Mapped;
 use crate::naming::{self, FamilyKind};
 use crate::parse::tags::{self, TagErrors};
@@ -52,16 +53,24 @@ impl Writer {
             };
             Arc::from(b.as_slice())
         };
+        let exporter_names = cfg.defaults.naming == Naming::StatsdExporter;
+        let metric_name = |n: &str| {
+            if exporter_names {
+                naming::exporter_metric_name(n)
+            } else {
+                naming::metric_name(n)
+            }
+        };
         let (name, ttl, buckets, help, scale, summary) = match snap.mapper.map(&base, s.kind) {
             Mapped::Unmapped => {
                 self.stats.unmapped += 1;
                 (
-                    naming::metric_name(&base),
+                    metric_name(&base),
                     cfg.defaults.ttl,
                     None,
                     None,
                     default_scale,
-                    None,
+                    cfg.defaults.summary(),
                 )
             }
             Mapped::Drop { rule } => return refused(Refusal::MappingDrop, rule),
@@ -72,24 +81,36 @@ impl Writer {
                 buckets,
                 help,
                 scale,
+                observer,
                 summary,
+                honor_labels,
                 ..
             } => {
                 if name.is_empty() {
                     return refused(Refusal::InvalidMappedName, 0);
                 }
-                tags.extend(labels.into_iter().filter(|(_, v)| !v.is_empty()));
+                let labels = labels.into_iter().filter(|(_, v)| !v.is_empty());
+                if honor_labels {
+                    // Later duplicates win in `render_labels`: the tags go last.
+                    tags.splice(0..0, labels);
+                } else {
+                    tags.extend(labels);
+                }
                 (
-                    naming::metric_name(&name),
+                    metric_name(&name),
                     ttl.unwrap_or(cfg.defaults.ttl),
                     buckets,
                     help,
                     scale.unwrap_or(default_scale),
-                    summary,
+                    match observer {
+                        Some(_) => summary,
+                        None => cfg.defaults.summary(),
+                    },
                 )
             }
         };
         let (family, kind, layout) = match s.kind {
+            MetricType::Counter if exporter_names => (name, FamilyKind::Counter, Layout::Counter),
             MetricType::Counter => (
                 naming::counter_family(name),
                 FamilyKind::Counter,

@@ -79,7 +79,15 @@ pub struct MappingRule {
     /// Default `"10m"`.
     #[serde(default, deserialize_with = "opt_duration")]
     pub window: Option<Duration>,
+    /// Tags win over this rule's `labels` of the same name (by default the rule's win).
+    #[serde(default)]
+    pub honor_labels: bool,
 }
+
+/// Summary quantiles where none are given.
+pub const DEFAULT_QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
+/// Summary window where none is given.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(600);
 
 /// What an observer sample (`ms`, `h`, `d`) feeds.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -100,7 +108,7 @@ pub struct SummarySpec {
     pub window: Duration,
 }
 
-fn opt_quantiles<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f64>>, D::Error> {
+pub(super) fn opt_quantiles<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f64>>, D::Error> {
     let q = Vec::<f64>::deserialize(d)?;
     if q.is_empty()
         || q.len() > 16
@@ -150,7 +158,7 @@ pub enum Action {
     Drop,
 }
 
-fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(super) fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     super::duration(d).map(Some)
 }
 
@@ -178,7 +186,9 @@ struct Rule {
     buckets: Option<Arc<[f64]>>,
     help: Option<Arc<str>>,
     scale: Option<f64>,
+    observer: Option<ObserverKind>,
     summary: Option<SummarySpec>,
+    honor_labels: bool,
 }
 
 /// The compiled rules of one config.
@@ -215,8 +225,12 @@ pub enum Mapped {
         help: Option<Arc<str>>,
         /// Value factor.
         scale: Option<f64>,
-        /// Observers become a summary.
+        /// What observers become, if the rule says: `None` leaves it to `[defaults]`.
+        observer: Option<ObserverKind>,
+        /// The summary's settings, with `observer = Summary`.
         summary: Option<SummarySpec>,
+        /// Tags win over `labels` of the same name.
+        honor_labels: bool,
     },
 }
 
@@ -505,12 +519,14 @@ impl Mapper {
                         buckets: r.buckets.as_ref().map(|b| Arc::from(b.as_slice())),
                         help: r.help.as_deref().map(Arc::from),
                         scale: r.scale,
+                        observer: r.observer,
                         summary: (r.observer == Some(ObserverKind::Summary)).then(|| SummarySpec {
                             quantiles: Arc::from(
-                                r.quantiles.as_deref().unwrap_or(&[0.5, 0.9, 0.99]),
+                                r.quantiles.as_deref().unwrap_or(&DEFAULT_QUANTILES),
                             ),
-                            window: r.window.unwrap_or(Duration::from_secs(600)),
+                            window: r.window.unwrap_or(DEFAULT_WINDOW),
                         }),
+                        honor_labels: r.honor_labels,
                     },
                 ))
             })();
@@ -647,7 +663,9 @@ impl Mapper {
             buckets: rule.buckets.clone(),
             help: rule.help.clone(),
             scale: rule.scale,
+            observer: rule.observer,
             summary: rule.summary.clone(),
+            honor_labels: rule.honor_labels,
         }
     }
 }
