@@ -117,12 +117,23 @@ pub fn metric_name(s: &str) -> String {
     out
 }
 
-/// A metric name as statsd_exporter escapes it (`[defaults] naming = "statsd_exporter"`): as
-/// [`metric_name`], but `:` is escaped too.
+/// A metric name (or a tag's label name) as statsd_exporter escapes it, for
+/// `[defaults] naming = "statsd_exporter"`: every character outside `[a-zA-Z0-9_]` (`:`
+/// included) becomes `_`, except that a run of `-` becomes one `_`; a leading digit gets a `_`
+/// prefix.
 pub fn exporter_metric_name(s: &str) -> String {
-    let mut out = metric_name(s);
-    if out.contains(':') {
-        out = out.replace(':', "_");
+    let mut out = String::with_capacity(s.len() + 1);
+    if s.starts_with(|c: char| c.is_ascii_digit()) {
+        out.push('_');
+    }
+    let mut prev = '\0';
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            out.push(c);
+        } else if !(c == '-' && prev == '-') {
+            out.push('_');
+        }
+        prev = c;
     }
     out
 }
@@ -220,6 +231,20 @@ mod tests {
         assert_eq!(metric_name("9lives"), "_9lives");
         assert_eq!(label_name("tag.with.dots"), "tag_with_dots");
         assert_eq!(label_name("09x"), "_09x");
+        // statsd_exporter's own escaping table.
+        for (raw, want) in [
+            ("clean", "clean"),
+            ("0starts_with_digit", "_0starts_with_digit"),
+            ("with--doubledash", "with_doubledash"),
+            ("with---multiple-dashes", "with_multiple_dashes"),
+            ("with.dot", "with_dot"),
+            ("with\u{1f631}emoji", "with_emoji"),
+            ("with.*.multiple", "with___multiple"),
+            ("test.web-server.foo.bar", "test_web_server_foo_bar"),
+            ("a:b", "a_b"),
+        ] {
+            assert_eq!(exporter_metric_name(raw), want, "{raw}");
+        }
         let mut e = TagErrors::default();
         let l = render_labels(
             vec![

@@ -1,6 +1,6 @@
 //! `[defaults] naming = "statsd_exporter"` end to end: counters keep their mapped names,
 //! observers default to summaries in seconds, `:` is escaped, a name used with two types keeps
-//! its first, and `honor_labels` lets tags win. Each against the same lines under tallyd's own
+//! its first, runs of `-` escape to one `_`, and `honor_labels` lets tags win. Each against the same lines under tallyd's own
 //! naming, in the same test, so the difference is what is asserted.
 
 mod common;
@@ -58,6 +58,7 @@ const LINES: &[&str] = &[
     "size:4|h",
     "twice:1|c",
     "twice:7|g",
+    "dash--name:1|c|#my--tag:v",
 ];
 
 /// The same lines under both namings: only the counter names, the observer type and `:`
@@ -84,6 +85,7 @@ async fn statsd_exporter_names_against_tallyd_names() {
         &[
             (r#"app_hits{env="mapped",page="home"}"#, 2.0),
             (r#"app_honoured{env="sent"}"#, 5.0),
+            (r#"dash_name{my_tag="v"}"#, 1.0),
             ("plain_count", 3.0),
             (r#"req_time{quantile="0.5"}"#, 0.25),
             (r#"req_time{quantile="0.9"}"#, 0.75),
@@ -118,6 +120,7 @@ async fn statsd_exporter_names_against_tallyd_names() {
         "req_time_count 2",
         "twice_total 1",
         "twice 7",
+        r#"dash__name_total{my__tag="v"} 1"#,
     ] {
         assert!(samples.contains(&want), "{want} missing:\n{text}");
     }

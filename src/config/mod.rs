@@ -107,6 +107,8 @@ pub struct Http {
     pub listen: SocketAddr,
     /// Allow `POST /-/reload`.
     pub enable_lifecycle: bool,
+    /// The path Prometheus scrapes.
+    pub metrics_path: String,
     /// Most concurrent HTTP connections; more wait in the accept queue.
     pub max_connections: usize,
     /// Time allowed to read a request's headers.
@@ -126,11 +128,15 @@ pub struct Http {
     pub basic_auth_users: std::collections::BTreeMap<String, String>,
 }
 
+/// The HTTP paths tallyd serves besides `metrics_path`.
+pub const OWN_PATHS: [&str; 5] = ["/", "/api/v1/status", "/-/healthy", "/-/ready", "/-/reload"];
+
 impl Default for Http {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9102".parse().expect("static address"),
             enable_lifecycle: false,
+            metrics_path: "/metrics".into(),
             max_connections: 64,
             header_read_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
@@ -365,20 +371,30 @@ pub enum Naming {
 }
 
 impl Defaults {
-    /// The summary settings of observers that no mapping rule gives an `observer`: `None`
-    /// when they are histograms.
-    pub fn summary(&self) -> Option<mapping::SummarySpec> {
-        let summary = match self.observer {
+    /// The summary settings of an observer family, given what its mapping rule says (all
+    /// `None` when unmapped): `None` when it is a histogram. What the rule leaves out comes
+    /// from `[defaults]`, and what that leaves out from the built-in defaults.
+    pub fn summary(
+        &self,
+        observer: Option<mapping::ObserverKind>,
+        quantiles: Option<&Arc<[f64]>>,
+        window: Option<Duration>,
+    ) -> Option<mapping::SummarySpec> {
+        let summary = match observer.or(self.observer) {
             Some(o) => o == mapping::ObserverKind::Summary,
             None => self.naming == Naming::StatsdExporter,
         };
         summary.then(|| mapping::SummarySpec {
-            quantiles: Arc::from(
-                self.quantiles
-                    .as_deref()
-                    .unwrap_or(&mapping::DEFAULT_QUANTILES),
-            ),
-            window: self.window.unwrap_or(mapping::DEFAULT_WINDOW),
+            quantiles: quantiles.cloned().unwrap_or_else(|| {
+                Arc::from(
+                    self.quantiles
+                        .as_deref()
+                        .unwrap_or(&mapping::DEFAULT_QUANTILES),
+                )
+            }),
+            window: window
+                .or(self.window)
+                .unwrap_or(mapping::DEFAULT_WINDOW),
         })
     }
 }
@@ -918,6 +934,20 @@ impl Config {
                 }
             }
             (None, None) => {}
+        }
+        let mp = &self.http.metrics_path;
+        if !mp.starts_with('/')
+            || mp.contains(['?', '#', ' '])
+            || OWN_PATHS.contains(&mp.as_str())
+        {
+            err(
+                &[Key("http"), Key("metrics_path")],
+                format!(
+                    "{mp:?}: a path starting with `/`, without `?`, `#` or spaces, and not one \
+                     of tallyd's own ({})",
+                    OWN_PATHS.join(", ")
+                ),
+            );
         }
         if self.http.max_connections == 0 {
             err(

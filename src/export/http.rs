@@ -125,7 +125,12 @@ async fn handle(
 
 async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
-    let path = req.uri().path();
+    // `[http] metrics_path` is served as `/metrics`; `/metrics` itself only when it is that.
+    let path = match req.uri().path() {
+        p if p == state.live.load().config.http.metrics_path => "/metrics",
+        "/metrics" => "",
+        p => p,
+    };
     if matches!(path, "/metrics" | "/-/reload" | "/" | "/api/v1/status") {
         let users = &state.live.load().config.http.basic_auth_users;
         match state
@@ -150,7 +155,7 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             }
         }
     }
-    match req.uri().path() {
+    match path {
         "/metrics" if get => metrics(state, &req).await,
         "/-/healthy" if get => text(StatusCode::OK, "OK\n"),
         "/-/ready" if get => {

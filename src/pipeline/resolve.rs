@@ -61,6 +61,11 @@ impl Writer {
                 naming::metric_name(n)
             }
         };
+        if exporter_names {
+            for (k, _) in &mut tags {
+                *k = naming::exporter_metric_name(k);
+            }
+        }
         let (name, ttl, buckets, help, scale, summary) = match snap.mapper.map(&base, s.kind) {
             Mapped::Unmapped => {
                 self.stats.unmapped += 1;
@@ -70,7 +75,7 @@ impl Writer {
                     None,
                     None,
                     default_scale,
-                    cfg.defaults.summary(),
+                    cfg.defaults.summary(None, None, None),
                 )
             }
             Mapped::Drop { rule } => return refused(Refusal::MappingDrop, rule),
@@ -82,7 +87,8 @@ impl Writer {
                 help,
                 scale,
                 observer,
-                summary,
+                quantiles,
+                window,
                 honor_labels,
                 ..
             } => {
@@ -101,11 +107,9 @@ impl Writer {
                     ttl.unwrap_or(cfg.defaults.ttl),
                     buckets,
                     help,
-                    scale.unwrap_or(default_scale),
-                    match observer {
-                        Some(_) => summary,
-                        None => cfg.defaults.summary(),
-                    },
+                    // After a timer's conversion to seconds, as statsd_exporter applies it.
+                    scale.map_or(default_scale, |f| f * default_scale),
+                    cfg.defaults.summary(observer, quantiles.as_ref(), window),
                 )
             }
         };

@@ -65,8 +65,8 @@ pub struct MappingRule {
     /// HELP text of the family.
     #[serde(default)]
     pub help: Option<String>,
-    /// Multiplies every value (applied after the timer's ms-to-seconds conversion is skipped:
-    /// a mapped timer with `scale` gets exactly `value * scale`).
+    /// Multiplies every value; an `ms` timer's after its conversion to seconds (so
+    /// `scale = 1000` keeps milliseconds), as statsd_exporter applies it.
     #[serde(default)]
     pub scale: Option<f64>,
     /// For observers: `histogram` (default) or `summary`.
@@ -187,7 +187,8 @@ struct Rule {
     help: Option<Arc<str>>,
     scale: Option<f64>,
     observer: Option<ObserverKind>,
-    summary: Option<SummarySpec>,
+    quantiles: Option<Arc<[f64]>>,
+    window: Option<Duration>,
     honor_labels: bool,
 }
 
@@ -227,8 +228,10 @@ pub enum Mapped {
         scale: Option<f64>,
         /// What observers become, if the rule says: `None` leaves it to `[defaults]`.
         observer: Option<ObserverKind>,
-        /// The summary's settings, with `observer = Summary`.
-        summary: Option<SummarySpec>,
+        /// Summary quantiles, if the rule gives them.
+        quantiles: Option<Arc<[f64]>>,
+        /// Summary window, if the rule gives one.
+        window: Option<Duration>,
         /// Tags win over `labels` of the same name.
         honor_labels: bool,
     },
@@ -520,12 +523,8 @@ impl Mapper {
                         help: r.help.as_deref().map(Arc::from),
                         scale: r.scale,
                         observer: r.observer,
-                        summary: (r.observer == Some(ObserverKind::Summary)).then(|| SummarySpec {
-                            quantiles: Arc::from(
-                                r.quantiles.as_deref().unwrap_or(&DEFAULT_QUANTILES),
-                            ),
-                            window: r.window.unwrap_or(DEFAULT_WINDOW),
-                        }),
+                        quantiles: r.quantiles.as_deref().map(Arc::from),
+                        window: r.window,
                         honor_labels: r.honor_labels,
                     },
                 ))
@@ -664,7 +663,8 @@ impl Mapper {
             help: rule.help.clone(),
             scale: rule.scale,
             observer: rule.observer,
-            summary: rule.summary.clone(),
+            quantiles: rule.quantiles.clone(),
+            window: rule.window,
             honor_labels: rule.honor_labels,
         }
     }
