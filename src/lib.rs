@@ -17,6 +17,8 @@
 //!   handle, the file watcher.
 //! - [`daemon`]: lifecycle (start, serve, stop), control (reloads, signals, watchdog), systemd
 //!   (notify, socket activation).
+//! - [`import`]: `tallyd import statsd-exporter`: a statsd_exporter mapping file and flags
+//!   translated into a tallyd config with its names and matching semantics.
 //! - [`remote`]: Prometheus remote write: each endpoint's pushes, queue and retries.
 //! - [`telemetry`]: tallyd's own metrics, every failure mode a named counter, and the records
 //!   the status page shows beside them (config story, last refused lines, ingest history).
@@ -66,6 +68,8 @@ pub mod sync;
 pub mod daemon;
 #[cfg(not(loom))]
 pub mod export;
+#[cfg(not(loom))]
+pub mod import;
 #[cfg(not(loom))]
 pub mod ingest;
 #[cfg(not(loom))]

@@ -43,6 +43,32 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Write a tallyd config that behaves as another StatsD server's deployment.
+    #[command(subcommand)]
+    Import(Import),
+}
+
+#[cfg(not(loom))]
+#[derive(Subcommand)]
+enum Import {
+    /// From prometheus/statsd_exporter: its mapping file and its flags, with its metric names
+    /// kept. Prints the config (or writes --output); findings go to stderr, each at its line.
+    /// Exits 1 on an invalid input, or when something cannot be translated unless
+    /// --allow-lossy.
+    StatsdExporter {
+        /// statsd_exporter's mapping file (its --statsd.mapping-config).
+        #[arg(long)]
+        mapping_config: Option<PathBuf>,
+        /// Write the config here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Write the config even when something could not be translated (listed on stderr).
+        #[arg(long)]
+        allow_lossy: bool,
+        /// statsd_exporter's flags, after `--`: `-- --statsd.listen-udp=:9125 ...`.
+        #[arg(last = true)]
+        flags: Vec<String>,
+    },
 }
 
 #[cfg(not(loom))]
@@ -143,6 +169,44 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
+#[cfg(not(loom))]
+fn import(cmd: Import) -> ExitCode {
+    let Import::StatsdExporter {
+        mapping_config,
+        output,
+        allow_lossy,
+        flags,
+    } = cmd;
+    let opts = tallyd::import::Options {
+        mapping: mapping_config,
+        flags,
+    };
+    let done = tallyd::import::statsd_exporter(&opts, &|p| tallyd::config::read_file(p).map_err(|e| std::io::Error::other(e.to_string())));
+    for f in &done.findings {
+        eprintln!("{f}");
+    }
+    let lossy = done.lossy();
+    let Some(toml) = done.toml else {
+        eprintln!("import refused: the input has errors");
+        return ExitCode::FAILURE;
+    };
+    if lossy && !allow_lossy {
+        eprintln!("import refused: some settings cannot be translated (listed above); --allow-lossy writes the rest");
+        return ExitCode::FAILURE;
+    }
+    let written = match &output {
+        Some(p) => std::fs::write(p, toml),
+        None => std::io::stdout().write_all(toml.as_bytes()),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write the config: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(loom)]
 fn main() {}
 
@@ -156,6 +220,7 @@ fn main() -> ExitCode {
                 None => ExitCode::FAILURE,
             };
         }
+        Some(Command::Import(cmd)) => return import(cmd),
         Some(Command::Run) | None => {}
     }
     // Load once up front for the log settings; the daemon validates and loads it again.

@@ -263,7 +263,7 @@ fn reserved_template(name: &str, kind: Option<RuleKind>) -> Option<String> {
 
 /// One piece of a name or label template.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Piece<'t> {
+pub(crate) enum Piece<'t> {
     /// Copied as is.
     Text(&'t str),
     /// A capture: a number (`$1`, `${1}`) or a group name.
@@ -273,7 +273,7 @@ enum Piece<'t> {
 /// Splits a template as Go's `Expand` (and the `regex` crate) read it: `$$` is one `$`;
 /// `$name` takes the longest run of ASCII letters, digits and `_` (so `$1_x` names `1_x`);
 /// `${name}` is explicit; any other `$` is itself. An unclosed `${` is an error.
-fn pieces(template: &str) -> Result<Vec<Piece<'_>>, String> {
+pub(crate) fn pieces(template: &str) -> Result<Vec<Piece<'_>>, String> {
     let mut out = Vec::new();
     let mut rest = template;
     while let Some(at) = rest.find('$') {
@@ -343,6 +343,13 @@ fn expand<'n>(template: &str, group: &dyn Fn(&str) -> &'n str) -> String {
         }
     }
     out
+}
+
+/// A regex's capture groups as a rule reads them (Go's ASCII classes): how many, `$0`
+/// included, and the names of the named ones; or why it does not compile.
+pub(crate) fn regex_captures(re: &str) -> Result<(usize, Vec<String>), String> {
+    let a = pattern::ascii(re)?;
+    Ok((a.captures, a.names))
 }
 
 fn is_label_name(s: &str) -> bool {
