@@ -625,7 +625,7 @@ mod tests {
         assert_eq!(file.defaults.ttl, Some(Duration::from_secs(60)));
         assert_eq!(file.mappings.len(), 2);
         assert_eq!(file.mappings[0].line, 4);
-        let errors: Vec<_> = f.0.iter().map(|x| (x.line, x.kind)).collect();
-        assert_eq!(errors, [(6, Kind::Error), (7, Kind::Error)], "{:?}", f.0);
+        let errors: Vec<_> = f.0.iter().map(|x| (x.at.as_str(), x.kind)).collect();
+        assert_eq!(errors, [(":6", Kind::Error), (":7", Kind::Error)], "{:?}", f.0);
     }
 }

@@ -64,3 +64,40 @@ impl RelayOut {
         self.lines = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::sync_channel;
+
+    use super::*;
+
+    /// Lines are packed up to `max`, and what the queue cannot take is counted as queue_full,
+    /// never waited for: the sender here never drains its queue of one.
+    #[test]
+    fn packing_and_a_full_queue() {
+        let (tx, rx) = sync_channel(1);
+        let mut out = RelayOut::new(tx, 11);
+        let mut stats = Stats::default();
+        for _ in 0..3 {
+            out.line(b"a:1|c", &mut stats);
+        }
+        // Two lines fit 11 bytes; the third started a datagram and pushed the first out.
+        assert_eq!((stats.relay_lines, stats.relay_datagrams), (2, 1));
+        out.line(b"too_long:1|c", &mut stats);
+        assert_eq!(stats.relay_too_long, 1);
+        // The queue holds the first datagram: the second is dropped, its line counted.
+        out.flush(&mut stats);
+        assert_eq!(stats.relay_queue_full, 1);
+        assert_eq!(rx.try_recv().unwrap(), b"a:1|c\na:1|c");
+        // Room again: the next datagram goes.
+        out.line(b"b:2|g", &mut stats);
+        out.flush(&mut stats);
+        assert_eq!((stats.relay_lines, stats.relay_datagrams), (3, 2));
+        assert_eq!(rx.try_recv().unwrap(), b"b:2|g");
+        // A sender that is gone drops and counts like a full queue.
+        drop(rx);
+        out.line(b"c:3|c", &mut stats);
+        out.flush(&mut stats);
+        assert_eq!(stats.relay_queue_full, 2);
+    }
+}
