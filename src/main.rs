@@ -181,7 +181,9 @@ fn import(cmd: Import) -> ExitCode {
         mapping: mapping_config,
         flags,
     };
-    let done = tallyd::import::statsd_exporter(&opts, &|p| tallyd::config::read_file(p).map_err(|e| std::io::Error::other(e.to_string())));
+    let done = tallyd::import::statsd_exporter(&opts, &|p| {
+        tallyd::config::read_file(p).map_err(|e| std::io::Error::other(e.to_string()))
+    });
     for f in &done.findings {
         eprintln!("{f}");
     }
@@ -191,7 +193,9 @@ fn import(cmd: Import) -> ExitCode {
         return ExitCode::FAILURE;
     };
     if lossy && !allow_lossy {
-        eprintln!("import refused: some settings cannot be translated (listed above); --allow-lossy writes the rest");
+        eprintln!(
+            "import refused: some settings cannot be translated (listed above); --allow-lossy writes the rest"
+        );
         return ExitCode::FAILURE;
     }
     let written = match &output {

@@ -112,7 +112,11 @@ async fn golden_cases_give_what_statsd_exporter_documents() {
         let yml = expect.with_extension("yml");
         let (toml, err) = import_ok(&yml, &[]);
         for w in &case.warns {
-            assert!(err.contains(w.as_str()), "{}: stderr lacks {w:?}:\n{err}", yml.display());
+            assert!(
+                err.contains(w.as_str()),
+                "{}: stderr lacks {w:?}:\n{err}",
+                yml.display()
+            );
         }
         let t = TestDaemon::start(&toml).await;
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -122,16 +126,19 @@ async fn golden_cases_give_what_statsd_exporter_documents() {
         }
         wait_datagrams(t.http, "udp://127.0.0.1:0", case.send.len() as u64).await;
         let text = wait_until(t.http, "the counted refusals", |text| {
-            case.counted
-                .iter()
-                .all(|(k, v)| value(text, k) == Some(*v))
+            case.counted.iter().all(|(k, v)| value(text, k) == Some(*v))
         })
         .await;
         let got = samples(&text);
         let mut want = case.want.clone();
         want.sort_by(|a, b| a.0.cmp(&b.0));
         let names = |v: &[(String, f64)]| v.iter().map(|p| p.0.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&got), names(&want), "{}:\n{toml}\n{text}", expect.display());
+        assert_eq!(
+            names(&got),
+            names(&want),
+            "{}:\n{toml}\n{text}",
+            expect.display()
+        );
         for ((k, g), (_, w)) in got.iter().zip(&want) {
             let close = if k.contains("quantile=") {
                 (g - w).abs() <= w.abs() * 0.02
@@ -199,7 +206,10 @@ fn unsupported_constructs_and_invalid_files_fail_with_their_line() {
         (
             &format!(
                 "mappings:\n- match: a.*\n  name: a\n  observer_type: histogram\n  histogram_options:\n    buckets: [{}]\n",
-                (1..=65).map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+                (1..=65)
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             ":6: cannot translate: 65 buckets",
         ),
@@ -215,7 +225,10 @@ fn unsupported_constructs_and_invalid_files_fail_with_their_line() {
         let (code, out, err) = import(&["--mapping-config", path]);
         assert_eq!(code, 1, "{yaml}\n{err}");
         assert!(out.is_empty(), "{out}");
-        assert!(err.contains(&format!("{path}{want}")), "want {want:?} in:\n{err}");
+        assert!(
+            err.contains(&format!("{path}{want}")),
+            "want {want:?} in:\n{err}"
+        );
         let (code, out, _) = import(&["--mapping-config", path, "--allow-lossy"]);
         if want.contains("cannot translate") {
             assert_eq!(code, 0, "{yaml}");
@@ -225,17 +238,50 @@ fn unsupported_constructs_and_invalid_files_fail_with_their_line() {
         }
     }
     let invalid: &[(&str, &str)] = &[
-        ("mappings:\n- match: a.*\n  name: a\n  bogus: 1\n", ":4: error: bogus: unknown key"),
-        ("mappings:\n- match: a.*\n", ":2: error: metric mapping didn't set a metric name"),
-        ("mappings:\n- match: bad!!metric-line.*.*\n  name: a\n", ":2: error: invalid match"),
-        ("mappings:\n- match: a.*\n  name: 0foo\n", ":3: error: metric name '0foo'"),
-        ("mappings:\n- match: a.*\n  name: a\n  labels:\n    a: x\n", ":5: error: invalid label key: a"),
-        ("mappings:\n- match: a.*\n  name: a\n  observer_type: wrong\n", ":4: error: observer_type: invalid observer type"),
-        ("mappings:\n- match: a.*\n  name: a\n  match_metric_type: wrong\n", ":4: error: match_metric_type: invalid metric type"),
-        ("mappings:\n- match: a.*\n  name: a\n  action: xyz\n", ":4: error: action: invalid action type"),
-        ("mappings:\n- match: a.*\n  name: a\n  observer_type: histogram\n  summary_options:\n    max_age: 1m\n", ":6: error: cannot use histogram observer and summary options"),
-        ("mappings:\n- match: *.test.*\n  name: a\n", ": error: not valid YAML"),
-        ("defaults:\n  ttl: forever\n", ":2: error: ttl: expected a duration"),
+        (
+            "mappings:\n- match: a.*\n  name: a\n  bogus: 1\n",
+            ":4: error: bogus: unknown key",
+        ),
+        (
+            "mappings:\n- match: a.*\n",
+            ":2: error: metric mapping didn't set a metric name",
+        ),
+        (
+            "mappings:\n- match: bad!!metric-line.*.*\n  name: a\n",
+            ":2: error: invalid match",
+        ),
+        (
+            "mappings:\n- match: a.*\n  name: 0foo\n",
+            ":3: error: metric name '0foo'",
+        ),
+        (
+            "mappings:\n- match: a.*\n  name: a\n  labels:\n    a: x\n",
+            ":5: error: invalid label key: a",
+        ),
+        (
+            "mappings:\n- match: a.*\n  name: a\n  observer_type: wrong\n",
+            ":4: error: observer_type: invalid observer type",
+        ),
+        (
+            "mappings:\n- match: a.*\n  name: a\n  match_metric_type: wrong\n",
+            ":4: error: match_metric_type: invalid metric type",
+        ),
+        (
+            "mappings:\n- match: a.*\n  name: a\n  action: xyz\n",
+            ":4: error: action: invalid action type",
+        ),
+        (
+            "mappings:\n- match: a.*\n  name: a\n  observer_type: histogram\n  summary_options:\n    max_age: 1m\n",
+            ":6: error: cannot use histogram observer and summary options",
+        ),
+        (
+            "mappings:\n- match: *.test.*\n  name: a\n",
+            ": error: not valid YAML",
+        ),
+        (
+            "defaults:\n  ttl: forever\n",
+            ":2: error: ttl: expected a duration",
+        ),
     ];
     for (i, (yaml, want)) in invalid.iter().enumerate() {
         let p = dir.path().join(format!("invalid{i}.yml"));
@@ -288,7 +334,10 @@ fn every_flag_translates() {
     let cert = dir.path().join("cert.pem");
     for want in [
         "[http]\nlisten = \"127.0.0.1:9102\"\nmetrics_path = \"/stats\"\nenable_lifecycle = true\n",
-        &format!("tls_cert_file = \"{}\"\ntls_key_file = \"/etc/tls/key.pem\"\n", cert.display()),
+        &format!(
+            "tls_cert_file = \"{}\"\ntls_key_file = \"/etc/tls/key.pem\"\n",
+            cert.display()
+        ),
         &format!("[http.basic_auth_users]\n\"prom\" = \"{hash}\"\n"),
         "[[udp]]\nlisten = \"127.0.0.1:9125\"\nrecv_buffer = 1048576\n",
         "[[tcp]]\nlisten = \"0.0.0.0:9126\"\n",
@@ -311,14 +360,23 @@ fn every_flag_translates() {
     // Empty addresses turn listeners off; all three off is statsd_exporter's own error.
     let (code, toml, err) = import(&["--", "--statsd.listen-udp=", "--statsd.listen-tcp="]);
     assert_eq!(code, 1, "{toml}{err}");
-    assert!(err.contains("At least one of UDP/TCP/Unixgram listeners"), "{err}");
+    assert!(
+        err.contains("At least one of UDP/TCP/Unixgram listeners"),
+        "{err}"
+    );
     let (code, toml, _) = import(&["--", "--statsd.listen-udp=", "--statsd.listen-tcp=:9125"]);
     assert_eq!(code, 0);
-    assert!(toml.contains("udp = []\n") && !toml.contains("[[udp]]"), "{toml}");
+    assert!(
+        toml.contains("udp = []\n") && !toml.contains("[[udp]]"),
+        "{toml}"
+    );
     // A host name is not an address tallyd can listen on; an unknown flag is refused.
     let (code, _, err) = import(&["--", "--statsd.listen-udp=statsd.internal:9125"]);
     assert_eq!(code, 1);
-    assert!(err.contains("--statsd.listen-udp=statsd.internal:9125: cannot translate"), "{err}");
+    assert!(
+        err.contains("--statsd.listen-udp=statsd.internal:9125: cannot translate"),
+        "{err}"
+    );
     let (code, _, err) = import(&["--", "--statsd.bogus=1"]);
     assert_eq!(code, 1);
     assert!(err.contains("unknown long flag '--statsd.bogus'"), "{err}");
@@ -326,7 +384,10 @@ fn every_flag_translates() {
     let yml = fixtures().join("readme.yml");
     let (code, toml, _) = import(&["--", &format!("--statsd.mapping-config={}", yml.display())]);
     assert_eq!(code, 0);
-    assert!(toml.contains("name = \"dispatcher_events_total\""), "{toml}");
+    assert!(
+        toml.contains("name = \"dispatcher_events_total\""),
+        "{toml}"
+    );
 }
 
 /// The flags drive a real daemon: UDP and TCP listeners, the unixgram socket and its mode,
@@ -358,7 +419,11 @@ async fn imported_flags_run_the_daemon() {
     let t = TestDaemon::start(&toml).await;
     // Basic auth from the web config, on the metrics path the flags moved.
     assert_eq!(http(t.http, "GET", "/stats").0, 401);
-    assert_eq!(http(t.http, "GET", "/metrics").0, 404, "only the moved path serves");
+    assert_eq!(
+        http(t.http, "GET", "/metrics").0,
+        404,
+        "only the moved path serves"
+    );
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
     send(t.udp[0], b"test.dispatcher.P.send.ok:1|c|#env:prod");
@@ -368,7 +433,10 @@ async fn imported_flags_run_the_daemon() {
     u.send_to(b"test.dispatcher.P.send.ok:4|c", &sock).unwrap();
     // DogStatsD tags are off: `|#env:prod` is ignored, not a label.
     let series = r#"dispatcher_events_total{action="send",job="test_dispatcher",outcome="ok",processor="P"}"#;
-    let text = wait_until_auth(t.http, "/stats", "prom:s3cret", |text| value(text, series) == Some(7.0)).await;
+    let text = wait_until_auth(t.http, "/stats", "prom:s3cret", |text| {
+        value(text, series) == Some(7.0)
+    })
+    .await;
     assert!(!text.contains("env=\"prod\""), "{text}");
     // The relay got the lines as received.
     relay.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -376,7 +444,11 @@ async fn imported_flags_run_the_daemon() {
     let mut buf = [0u8; 2048];
     while got.len() < 3 {
         let n = relay.recv(&mut buf).expect("relayed datagram");
-        got.extend(String::from_utf8_lossy(&buf[..n]).lines().map(str::to_string));
+        got.extend(
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .map(str::to_string),
+        );
     }
     got.sort();
     assert_eq!(

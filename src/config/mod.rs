@@ -392,9 +392,7 @@ impl Defaults {
                         .unwrap_or(&mapping::DEFAULT_QUANTILES),
                 )
             }),
-            window: window
-                .or(self.window)
-                .unwrap_or(mapping::DEFAULT_WINDOW),
+            window: window.or(self.window).unwrap_or(mapping::DEFAULT_WINDOW),
         })
     }
 }
@@ -677,14 +675,16 @@ impl Config {
             }
         }
         if self.defaults.naming == Naming::StatsdExporter {
-            out.push(tree.error(
-                &[Key("defaults"), Key("naming")],
-                "statsd_exporter naming: counters keep their names as mapped (no `_total` \
+            out.push(
+                tree.error(
+                    &[Key("defaults"), Key("naming")],
+                    "statsd_exporter naming: counters keep their names as mapped (no `_total` \
                  added), observers are summaries unless `observer` says otherwise, and `:` in \
                  names becomes `_`; `promtool check metrics` will report `counter metrics \
                  should have \"_total\" suffix` for every counter not named so"
-                    .into(),
-            ));
+                        .into(),
+                ),
+            );
         }
         out
     }
@@ -936,9 +936,7 @@ impl Config {
             (None, None) => {}
         }
         let mp = &self.http.metrics_path;
-        if !mp.starts_with('/')
-            || mp.contains(['?', '#', ' '])
-            || OWN_PATHS.contains(&mp.as_str())
+        if !mp.starts_with('/') || mp.contains(['?', '#', ' ']) || OWN_PATHS.contains(&mp.as_str())
         {
             err(
                 &[Key("http"), Key("metrics_path")],
@@ -969,7 +967,11 @@ impl Config {
                 "must be at least 1s".into(),
             );
         }
-        if self.defaults.window.is_some_and(|w| w < Duration::from_secs(2)) {
+        if self
+            .defaults
+            .window
+            .is_some_and(|w| w < Duration::from_secs(2))
+        {
             err(
                 &[Key("defaults"), Key("window")],
                 "a summary window must be at least 2s".into(),

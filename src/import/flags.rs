@@ -59,7 +59,11 @@ impl Flags {
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             let Some(body) = arg.strip_prefix("--") else {
-                f.push_at(Kind::Error, arg, "unexpected argument (flags start with --)".into());
+                f.push_at(
+                    Kind::Error,
+                    arg,
+                    "unexpected argument (flags start with --)".into(),
+                );
                 continue;
             };
             let (name, inline) = match body.split_once('=') {
@@ -126,7 +130,11 @@ impl Flags {
 fn address(flag: &str, value: &str, f: &mut Findings) -> Option<String> {
     let at = format!("--{flag}={value}");
     let Some((host, port)) = value.rsplit_once(':') else {
-        f.push_at(Kind::Error, &at, "bad listening address: host:port expected".into());
+        f.push_at(
+            Kind::Error,
+            &at,
+            "bad listening address: host:port expected".into(),
+        );
         return None;
     };
     if port.parse::<u16>().is_err() {
@@ -158,7 +166,12 @@ fn address(flag: &str, value: &str, f: &mut Findings) -> Option<String> {
 
 /// Writes the sections the flags make into `out`: `udp = []` first when UDP is off (it must
 /// precede every table), then `[http]`, the listeners, `[parse]`, `[relay]`, `[log]`.
-pub(super) fn sections(flags: &Flags, f: &mut Findings, read: &dyn Fn(&Path) -> std::io::Result<String>, out: &mut String) {
+pub(super) fn sections(
+    flags: &Flags,
+    f: &mut Findings,
+    read: &dyn Fn(&Path) -> std::io::Result<String>,
+    out: &mut String,
+) {
     let udp = flags.get("statsd.listen-udp").to_string();
     let tcp = flags.get("statsd.listen-tcp").to_string();
     let unixgram = flags.get("statsd.listen-unixgram").to_string();
@@ -321,17 +334,45 @@ pub(super) fn sections(flags: &Flags, f: &mut Findings, read: &dyn Fn(&Path) -> 
     out.push('\n');
 
     for (flag, why) in [
-        ("statsd.cache-size", "tallyd's workers cache every line they resolve until a reload; there is no size to set"),
-        ("statsd.cache-type", "tallyd's workers cache every line they resolve until a reload; there is no size to set"),
-        ("statsd.event-queue-size", "tallyd's workers write into the store themselves; there is no event queue"),
-        ("statsd.event-flush-threshold", "tallyd's workers write into the store themselves; there is no event queue"),
-        ("statsd.event-flush-interval", "tallyd's workers write into the store themselves; there is no event queue"),
-        ("statsd.udp-packet-queue-size", "tallyd reads UDP in its workers; what the kernel drops is counted in tallyd_udp_kernel_drops_total"),
-        ("debug.dump-fsm", "tallyd has no matcher graph to dump; check-config reports rules that can never match"),
-        ("check-config", "run tallyd check-config on the imported file instead"),
+        (
+            "statsd.cache-size",
+            "tallyd's workers cache every line they resolve until a reload; there is no size to set",
+        ),
+        (
+            "statsd.cache-type",
+            "tallyd's workers cache every line they resolve until a reload; there is no size to set",
+        ),
+        (
+            "statsd.event-queue-size",
+            "tallyd's workers write into the store themselves; there is no event queue",
+        ),
+        (
+            "statsd.event-flush-threshold",
+            "tallyd's workers write into the store themselves; there is no event queue",
+        ),
+        (
+            "statsd.event-flush-interval",
+            "tallyd's workers write into the store themselves; there is no event queue",
+        ),
+        (
+            "statsd.udp-packet-queue-size",
+            "tallyd reads UDP in its workers; what the kernel drops is counted in tallyd_udp_kernel_drops_total",
+        ),
+        (
+            "debug.dump-fsm",
+            "tallyd has no matcher graph to dump; check-config reports rules that can never match",
+        ),
+        (
+            "check-config",
+            "run tallyd check-config on the imported file instead",
+        ),
     ] {
         if flags.given(flag) {
-            f.push_at(Kind::Note, &format!("--{flag}"), format!("no equivalent needed: {why}"));
+            f.push_at(
+                Kind::Note,
+                &format!("--{flag}"),
+                format!("no equivalent needed: {why}"),
+            );
         }
     }
 }
@@ -349,7 +390,11 @@ fn web(
     let text = match read(path) {
         Ok(t) => t,
         Err(e) => {
-            f.push_at(Kind::Error, &format!("--web.config.file={name}"), format!("cannot read: {e}"));
+            f.push_at(
+                Kind::Error,
+                &format!("--web.config.file={name}"),
+                format!("cannot read: {e}"),
+            );
             return;
         }
     };
@@ -363,7 +408,11 @@ fn web(
     let docs = match MarkedYaml::load_from_str(&text) {
         Ok(d) => d,
         Err(e) => {
-            f.push_at(Kind::Error, &at(e.marker().line()), format!("not valid YAML: {}", e.info()));
+            f.push_at(
+                Kind::Error,
+                &at(e.marker().line()),
+                format!("not valid YAML: {}", e.info()),
+            );
             return;
         }
     };
@@ -371,19 +420,27 @@ fn web(
     let dir = path.parent().unwrap_or(Path::new("."));
     let resolve = |p: &str| {
         let p = Path::new(p);
-        if p.is_absolute() { p.to_path_buf() } else { dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        }
     };
     let str_of = |n: &MarkedYaml<'_>| match &n.data {
         YamlData::Value(Scalar::String(s)) => Some(s.to_string()),
         _ => None,
     };
-    let YamlData::Mapping(top) = &root.data else { return };
+    let YamlData::Mapping(top) = &root.data else {
+        return;
+    };
     let (mut cert, mut key) = (None, None);
     for (k, v) in top {
         let line = v.span.start.line();
         match str_of(k).as_deref() {
             Some("tls_server_config") => {
-                let YamlData::Mapping(tls) = &v.data else { continue };
+                let YamlData::Mapping(tls) = &v.data else {
+                    continue;
+                };
                 for (k, v) in tls {
                     let line = v.span.start.line();
                     let value = str_of(v).unwrap_or_default();
@@ -411,7 +468,9 @@ fn web(
                 }
             }
             Some("basic_auth_users") => {
-                let YamlData::Mapping(u) = &v.data else { continue };
+                let YamlData::Mapping(u) = &v.data else {
+                    continue;
+                };
                 for (user, hash) in u {
                     if let (Some(user), Some(hash)) = (str_of(user), str_of(hash)) {
                         users.push((user, hash));
@@ -421,7 +480,9 @@ fn web(
             Some(other) => f.push_at(
                 Kind::Lossy,
                 &at(line),
-                format!("{other}: tallyd has no equivalent (HTTP/2, response headers, rate limits)"),
+                format!(
+                    "{other}: tallyd has no equivalent (HTTP/2, response headers, rate limits)"
+                ),
             ),
             None => {}
         }

@@ -124,12 +124,14 @@ pub fn statsd_exporter(opts: &Options, read: &dyn Fn(&Path) -> std::io::Result<S
         }
         None => yaml::File::default(),
     };
-    let source = mapping
-        .as_deref()
-        .and_then(Path::file_name)
-        .map_or_else(|| "the mapping file".to_string(), |n| n.to_string_lossy().into_owned());
+    let source = mapping.as_deref().and_then(Path::file_name).map_or_else(
+        || "the mapping file".to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let mut out = String::new();
-    out.push_str("# tallyd config imported from statsd_exporter by `tallyd import statsd-exporter`");
+    out.push_str(
+        "# tallyd config imported from statsd_exporter by `tallyd import statsd-exporter`",
+    );
     match &mapping {
         Some(p) => out.push_str(&format!("\n# mapping file: {}", p.display())),
         None => out.push_str("\n# no mapping file"),
@@ -188,11 +190,11 @@ fn tallyd_duration(d: Duration) -> String {
     let ms = d.as_millis();
     let s = if ms == 0 {
         "1ms".to_string()
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

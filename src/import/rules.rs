@@ -41,7 +41,9 @@ impl Checks {
         let re = |s: &str| Regex::new(s).expect("static regex");
         Self {
             glob: re(&format!(r"^(\*|{metric})(\.\*|\.{subsequent})*$")),
-            name: re(&format!(r"^([a-zA-Z_]|{template})([a-zA-Z0-9_]|{template})*$")),
+            name: re(&format!(
+                r"^([a-zA-Z_]|{template})([a-zA-Z0-9_]|{template})*$"
+            )),
             label: re(r"^[a-zA-Z_][a-zA-Z0-9_]+$"),
             template: re(r"\$\{?([a-zA-Z0-9_$]+)\}?"),
         }
@@ -561,23 +563,11 @@ fn template(
 fn uses_whole_match(m: &yaml::Mapping) -> bool {
     std::iter::once(&m.name)
         .chain(m.labels.iter().map(|(_, v)| v))
-        .any(|t| {
-            pieces(t)
-                .unwrap_or_default()
-                .iter()
-                .any(|p| *p == Piece::Ref("0"))
-        })
+        .any(|t| pieces(t).unwrap_or_default().contains(&Piece::Ref("0")))
 }
 
 /// Writes one `[[mapping]]` table.
-fn rule(
-    r: &Rule<'_>,
-    file: &File,
-    c: &Checks,
-    source: &str,
-    f: &mut Findings,
-    out: &mut String,
-) {
+fn rule(r: &Rule<'_>, file: &File, c: &Checks, source: &str, f: &mut Findings, out: &mut String) {
     let m = r.m;
     let d = &file.defaults;
     let wrap = if r.regex {
@@ -600,7 +590,11 @@ fn rule(
     match &wrap {
         Some(w) => {
             if w.pattern != m.matcher {
-                let _ = writeln!(out, "# statsd_exporter's regex {}, unanchored", quote_regex(&m.matcher));
+                let _ = writeln!(
+                    out,
+                    "# statsd_exporter's regex {}, unanchored",
+                    quote_regex(&m.matcher)
+                );
             }
             let _ = writeln!(out, "regex = {}", quote_regex(&w.pattern));
         }
@@ -656,7 +650,9 @@ fn rule(
                 f.push(
                     Kind::Lossy,
                     at,
-                    format!("label {k}: the exposition's own label on this rule's observers; left out"),
+                    format!(
+                        "label {k}: the exposition's own label on this rule's observers; left out"
+                    ),
                 );
                 continue;
             }
@@ -729,7 +725,9 @@ fn rule(
 
 /// A TOML key: bare when it can be.
 fn label_key(k: &str) -> String {
-    if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if k.chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         k.to_string()
     } else {
         quote(k)
@@ -743,13 +741,19 @@ mod tests {
     #[test]
     fn lost_names_of_the_ordering_defect() {
         let s = |x: &'static str| x.split('.').collect::<Vec<_>>();
-        assert_eq!(lost_name(&s("a.b.c"), &s("a.*.*")).as_deref(), Some("a.b.x"));
+        assert_eq!(
+            lost_name(&s("a.b.c"), &s("a.*.*")).as_deref(),
+            Some("a.b.x")
+        );
         assert_eq!(
             lost_name(&s("noorder.ccc.bbb"), &s("noorder.*.*")).as_deref(),
             Some("noorder.ccc.x")
         );
         assert_eq!(lost_name(&s("noorder.ccc.bbb"), &s("noorder.*.bbb")), None);
         assert_eq!(lost_name(&s("noorder.*.bbb"), &s("noorder.*.*")), None);
-        assert_eq!(lost_name(&s("a.b.x"), &s("a.*.*")).as_deref(), Some("a.b.y"));
+        assert_eq!(
+            lost_name(&s("a.b.x"), &s("a.*.*")).as_deref(),
+            Some("a.b.y")
+        );
     }
 }

@@ -192,11 +192,7 @@ pub(super) fn parse_go_duration(s: &str) -> Option<Duration> {
 }
 
 /// The entries of a mapping node, each key with its value; anything else is an error.
-fn entries<'n, 'a>(
-    n: &'n Node<'a>,
-    what: &str,
-    f: &mut Findings,
-) -> Vec<(String, &'n Node<'a>)> {
+fn entries<'n, 'a>(n: &'n Node<'a>, what: &str, f: &mut Findings) -> Vec<(String, &'n Node<'a>)> {
     match &n.data {
         YamlData::Mapping(m) => m
             .iter()
@@ -211,7 +207,11 @@ fn entries<'n, 'a>(
                 }
                 Some(k) => Some((k, v)),
                 None => {
-                    f.push(Kind::Error, line(v), format!("{what}: keys must be strings"));
+                    f.push(
+                        Kind::Error,
+                        line(v),
+                        format!("{what}: keys must be strings"),
+                    );
                     None
                 }
             })
@@ -626,6 +626,11 @@ mod tests {
         assert_eq!(file.mappings.len(), 2);
         assert_eq!(file.mappings[0].line, 4);
         let errors: Vec<_> = f.0.iter().map(|x| (x.at.as_str(), x.kind)).collect();
-        assert_eq!(errors, [(":6", Kind::Error), (":7", Kind::Error)], "{:?}", f.0);
+        assert_eq!(
+            errors,
+            [(":6", Kind::Error), (":7", Kind::Error)],
+            "{:?}",
+            f.0
+        );
     }
 }
