@@ -90,6 +90,21 @@ impl FamilyKind {
         }
     }
 
+    /// The HELP text of a family of this kind that no mapping rule named: what it is.
+    pub fn default_help(self) -> &'static str {
+        match self {
+            Self::Counter => "StatsD counter (c), summed by tallyd.",
+            Self::Gauge => "StatsD gauge (g), by tallyd.",
+            Self::Histogram => {
+                "StatsD timer (ms, in seconds), histogram (h) or distribution (d), bucketed by tallyd."
+            }
+            Self::Summary => {
+                "StatsD timer (ms, in seconds), histogram (h) or distribution (d), quantiles over a sliding window, by tallyd."
+            }
+            Self::Set => "StatsD set (s): distinct members over a sliding window (estimate), by tallyd.",
+        }
+    }
+
     /// The sample-name suffixes a family of this kind writes besides its own name.
     pub fn suffixes(self) -> &'static [&'static str] {
         match self {
@@ -167,6 +182,27 @@ pub fn escape_into(out: &mut String, v: &str) {
     }
 }
 
+/// A label value as [`escape_into`] wrote it, unescaped.
+pub fn unescape(v: &str) -> String {
+    if !v.contains('\\') {
+        return v.to_string();
+    }
+    let mut out = String::with_capacity(v.len());
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
 /// Whether label `name` (sanitised) is reserved on a family of `kind` ([`render_labels`]).
 pub fn is_reserved_label(name: &str, kind: FamilyKind) -> bool {
     name.starts_with("__")
@@ -224,6 +260,14 @@ pub fn render_labels(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unescapes_what_escape_into_wrote() {
+        let mut e = String::new();
+        escape_into(&mut e, "a\"b\\c\nd");
+        assert_eq!(unescape(&e), "a\"b\\c\nd");
+        assert_eq!(unescape("plain"), "plain");
+    }
 
     #[test]
     fn names_and_labels() {

@@ -97,6 +97,8 @@ pub struct Telemetry {
     pub tcp_too_long: IntCounterVec,
     /// `tallyd_scrape_errors_total`: writes to a scraper that failed mid-response.
     pub scrape_errors: IntCounter,
+    /// `tallyd_scrapes_total{format}`: `text`, `openmetrics`, `protobuf`.
+    pub scrapes: [IntCounter; 3],
     /// `tallyd_http_connections_shed_total{reason}`: `idle`, `stalled_write`.
     pub http_shed: IntCounterVec,
     /// `tallyd_http_write_timeouts_total`.
@@ -674,6 +676,16 @@ impl Telemetry {
                 "tallyd_scrape_errors_total",
                 "Scrapes whose client went away mid-response.",
             ),
+            scrapes: {
+                let v = counter_vec(
+                    &r,
+                    "tallyd_scrapes_total",
+                    "Scrapes of the metrics path, by the format the Accept header chose: text \
+                     (0.0.4), openmetrics (1.0.0) or protobuf.",
+                    "format",
+                );
+                ["text", "openmetrics", "protobuf"].map(|f| v.with_label_values(&[f]))
+            },
             lines_rejected: counter_vec(
                 &r,
                 "tallyd_lines_rejected_total",

@@ -110,7 +110,13 @@ struct Scrape {
 }
 
 impl Visitor for Scrape {
-    fn family(&mut self, name: &str, _kind: FamilyKind, _help: Option<&str>) -> bool {
+    fn family(
+        &mut self,
+        name: &str,
+        _kind: FamilyKind,
+        _help: Option<&str>,
+        _: &dyn Fn(&str) -> bool,
+    ) -> bool {
         self.family = name.to_string();
         true
     }

@@ -23,7 +23,13 @@ struct Record {
 }
 
 impl Visitor for Record {
-    fn family(&mut self, name: &str, kind: FamilyKind, _help: Option<&str>) -> bool {
+    fn family(
+        &mut self,
+        name: &str,
+        kind: FamilyKind,
+        _help: Option<&str>,
+        _: &dyn Fn(&str) -> bool,
+    ) -> bool {
         // Counters are named `<name>_total`; recorded by their StatsD name. A family announced
         // again at the start of a chunk continues the last header, as in the text exposition.
         let name = name.strip_suffix("_total").unwrap_or(name);

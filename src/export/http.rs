@@ -321,10 +321,22 @@ async fn metrics(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> 
         .get(ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(accepts_gzip);
+    let exporter_names =
+        state.live.load().config.defaults.naming == crate::config::Naming::StatsdExporter;
+    let format = super::format::negotiate(
+        req.headers()
+            .get(hyper::header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+        !exporter_names,
+    );
     let headers = |mut r: Response<Body>| {
         r.headers_mut().insert(
             CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            HeaderValue::from_static(format.content_type()),
+        );
+        r.headers_mut().insert(
+            hyper::header::VARY,
+            HeaderValue::from_static("Accept, Accept-Encoding"),
         );
         if gzip {
             r.headers_mut()
@@ -347,6 +359,7 @@ async fn metrics(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> 
     };
     let st = state.clone();
     let rt = tokio::runtime::Handle::current();
+    state.telemetry.scrapes[format as usize].inc();
     tokio::task::spawn_blocking(move || {
         (st.before_scrape)();
         let snap = st.live.load();
@@ -368,15 +381,15 @@ async fn metrics(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> 
             .is_ok_and(|r| r.is_ok())
         };
         let mut ok = true;
-        super::render_chunks(&st.store, &st.telemetry, window, |chunk| {
+        super::render_chunks(&st.store, &st.telemetry, window, format, |chunk| {
             ok = match gz.as_mut() {
                 Some(enc) => {
-                    let _ = enc.write_all(chunk.as_bytes());
+                    let _ = enc.write_all(chunk);
                     let _ = enc.flush();
                     let out = std::mem::take(enc.get_mut());
                     out.is_empty() || send(Bytes::from(out))
                 }
-                None => send(Bytes::copy_from_slice(chunk.as_bytes())),
+                None => send(Bytes::copy_from_slice(chunk)),
             };
             ok
         });

@@ -1,4 +1,11 @@
-//! The Prometheus text exposition, format 0.0.4: `# HELP`, `# TYPE` and one line per sample.
+//! The text expositions: Prometheus text 0.0.4 (`# HELP`, `# TYPE`, one line per sample) and
+//! OpenMetrics text 1.0.0, whose sample lines are the same and whose headers differ: a
+//! counter's family is named without `_total` (its samples keep it), `# UNIT` is written
+//! where the name ends in a unit, HELP escapes `"` too, and the exposition ends in `# EOF`.
+//!
+//! A counter whose OpenMetrics family name (without `_total`) is another family's name
+//! (gauge `x` beside counter `x_total`) is written as `unknown` under its full name, so that
+//! no two families share a name and every sample keeps the name the 0.0.4 text gives it.
 
 use std::fmt::Write as _;
 
@@ -37,6 +44,61 @@ pub struct TextVisitor<'a> {
 pub struct TextState {
     family: String,
     kind: Option<FamilyKind>,
+    openmetrics: bool,
+}
+
+impl TextState {
+    /// The state of an OpenMetrics exposition.
+    pub fn openmetrics() -> Self {
+        Self {
+            openmetrics: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// Prometheus's base units: a family whose name ends in `_<unit>` gets `# UNIT` in
+/// OpenMetrics.
+const UNITS: [&str; 9] = [
+    "seconds", "bytes", "joules", "grams", "meters", "ratio", "volts", "amperes", "celsius",
+];
+
+/// The unit `name` ends in, if any.
+pub fn unit_of(name: &str) -> Option<&'static str> {
+    UNITS.iter().copied().find(|u| {
+        name.strip_suffix(u)
+            .is_some_and(|rest| rest.len() > 1 && rest.ends_with('_'))
+    })
+}
+
+/// Writes OpenMetrics descriptors: `# TYPE`, `# UNIT` when the name has one, `# HELP`.
+pub fn openmetrics_header(out: &mut String, family: &str, type_name: &str, help: &str) {
+    out.push_str("# TYPE ");
+    out.push_str(family);
+    out.push(' ');
+    out.push_str(type_name);
+    out.push('\n');
+    if type_name != "unknown"
+        && let Some(u) = unit_of(family)
+    {
+        out.push_str("# UNIT ");
+        out.push_str(family);
+        out.push(' ');
+        out.push_str(u);
+        out.push('\n');
+    }
+    out.push_str("# HELP ");
+    out.push_str(family);
+    out.push(' ');
+    for c in help.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+    out.push('\n');
 }
 
 impl<'a> TextVisitor<'a> {
@@ -70,7 +132,13 @@ impl<'a> TextVisitor<'a> {
 }
 
 impl Visitor for TextVisitor<'_> {
-    fn family(&mut self, name: &str, kind: FamilyKind, help: Option<&str>) -> bool {
+    fn family(
+        &mut self,
+        name: &str,
+        kind: FamilyKind,
+        help: Option<&str>,
+        exists: &dyn Fn(&str) -> bool,
+    ) -> bool {
         if self.state.kind.is_some() && self.state.family == name {
             // Continued from the last chunk: its header is out (and says which type).
             return self.state.kind == Some(kind);
@@ -78,30 +146,32 @@ impl Visitor for TextVisitor<'_> {
         self.state.family.clear();
         self.state.family.push_str(name);
         self.state.kind = Some(kind);
-        let ty = kind.type_name();
+        let help = help.unwrap_or(kind.default_help());
         let out = &mut *self.out;
+        if self.state.openmetrics {
+            match (kind, name.strip_suffix("_total")) {
+                (FamilyKind::Counter, Some(base)) if !exists(base) => {
+                    openmetrics_header(out, base, "counter", help)
+                }
+                (FamilyKind::Counter, _) => openmetrics_header(out, name, "unknown", help),
+                _ => openmetrics_header(out, name, kind.type_name(), help),
+            }
+            return true;
+        }
         out.push_str("# HELP ");
         out.push_str(name);
         out.push(' ');
-        match help {
-            Some(h) => {
-                for c in h.chars() {
-                    match c {
-                        '\\' => out.push_str("\\\\"),
-                        '\n' => out.push_str("\\n"),
-                        c => out.push(c),
-                    }
-                }
+        for c in help.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
             }
-            None if kind == FamilyKind::Set => {
-                out.push_str("Distinct members of StatsD set (estimate), aggregated by tallyd.")
-            }
-            None => out.push_str("StatsD metric aggregated by tallyd."),
         }
         out.push_str("\n# TYPE ");
         out.push_str(name);
         out.push(' ');
-        out.push_str(ty);
+        out.push_str(kind.type_name());
         out.push('\n');
         true
     }
@@ -144,6 +214,90 @@ impl Visitor for TextVisitor<'_> {
             }
         }
     }
+}
+
+/// tallyd's own metrics (the `prometheus` crate's gathered families) in OpenMetrics, then
+/// `# EOF`.
+pub fn own_openmetrics(families: &[prometheus::proto::MetricFamily], out: &mut String) {
+    use prometheus::proto::MetricType as T;
+    let sample = |out: &mut String,
+                  name: &str,
+                  labels: &[prometheus::proto::LabelPair],
+                  extra: Option<(&str, f64)>,
+                  v: f64| {
+        out.push_str(name);
+        if !labels.is_empty() || extra.is_some() {
+            out.push('{');
+            for (i, l) in labels.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(l.name());
+                out.push_str("=\"");
+                crate::naming::escape_into(out, l.value());
+                out.push('"');
+            }
+            if let Some((k, x)) = extra {
+                if !labels.is_empty() {
+                    out.push(',');
+                }
+                out.push_str(k);
+                out.push_str("=\"");
+                fmt_value(out, x);
+                out.push('"');
+            }
+            out.push('}');
+        }
+        out.push(' ');
+        fmt_value(out, v);
+        out.push('\n');
+    };
+    for f in families {
+        let name = f.name();
+        let ty = f.get_field_type();
+        match (ty, name.strip_suffix("_total")) {
+            (T::COUNTER, Some(base)) => openmetrics_header(out, base, "counter", f.help()),
+            (T::COUNTER | T::UNTYPED, _) => openmetrics_header(out, name, "unknown", f.help()),
+            (T::GAUGE, _) => openmetrics_header(out, name, "gauge", f.help()),
+            (T::HISTOGRAM, _) => openmetrics_header(out, name, "histogram", f.help()),
+            (T::SUMMARY, _) => openmetrics_header(out, name, "summary", f.help()),
+        }
+        for m in f.get_metric() {
+            let l = m.get_label();
+            match ty {
+                T::COUNTER => sample(out, name, l, None, m.get_counter().get_value()),
+                T::GAUGE => sample(out, name, l, None, m.get_gauge().get_value()),
+                T::UNTYPED => {
+                    // The crate keeps untyped values only behind its protobuf-era API.
+                    #[allow(deprecated)]
+                    let v = m.get_untyped().get_value();
+                    sample(out, name, l, None, v)
+                }
+                T::HISTOGRAM => {
+                    let h = m.get_histogram();
+                    let bucket = format!("{name}_bucket");
+                    for b in h.get_bucket() {
+                        let le = b.upper_bound();
+                        sample(out, &bucket, l, Some(("le", le)), b.cumulative_count() as f64);
+                    }
+                    if h.get_bucket().last().is_none_or(|b| b.upper_bound() != f64::INFINITY) {
+                        sample(out, &bucket, l, Some(("le", f64::INFINITY)), h.get_sample_count() as f64);
+                    }
+                    sample(out, &format!("{name}_sum"), l, None, h.get_sample_sum());
+                    sample(out, &format!("{name}_count"), l, None, h.get_sample_count() as f64);
+                }
+                T::SUMMARY => {
+                    let s = m.get_summary();
+                    for q in s.get_quantile() {
+                        sample(out, name, l, Some(("quantile", q.quantile())), q.value());
+                    }
+                    sample(out, &format!("{name}_sum"), l, None, s.sample_sum());
+                    sample(out, &format!("{name}_count"), l, None, s.sample_count() as f64);
+                }
+            }
+        }
+    }
+    out.push_str("# EOF\n");
 }
 
 #[cfg(test)]

@@ -66,6 +66,7 @@ impl Writer {
                 *k = naming::exporter_metric_name(k);
             }
         }
+        let mut about = None;
         let (name, ttl, buckets, help, scale, summary) = match snap.mapper.map(&base, s.kind) {
             Mapped::Unmapped => {
                 self.stats.unmapped += 1;
@@ -90,8 +91,10 @@ impl Writer {
                 quantiles,
                 window,
                 honor_labels,
+                about: rule,
                 ..
             } => {
+                about = Some(rule);
                 if name.is_empty() {
                     return refused(Refusal::InvalidMappedName, 0);
                 }
@@ -130,6 +133,13 @@ impl Writer {
                 None => (name, FamilyKind::Histogram, Layout::Histogram(0)),
             },
         };
+        // A rule that names a family without `help` is named in the generated one.
+        let help = help.or_else(|| {
+            about.map(|a| {
+                let what = kind.default_help().trim_end_matches('.');
+                Arc::from(format!("{what}; named by {a}."))
+            })
+        });
         // The families of events and service checks are tallyd's: no line may add to them.
         let dd = &cfg.dogstatsd;
         if naming::is_reserved(

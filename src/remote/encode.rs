@@ -15,7 +15,7 @@ use prost::Message as _;
 
 use super::proto::{Label, STALE_NAN, Sample, TimeSeries, WriteRequest};
 use crate::export::fmt_value;
-use crate::naming::FamilyKind;
+use crate::naming::{FamilyKind, unescape};
 use crate::store::Store;
 use crate::store::census::label_pairs;
 use crate::store::departed::Departure;
@@ -217,7 +217,7 @@ impl<'a> Batcher<'a> {
 }
 
 impl Visitor for Batcher<'_> {
-    fn family(&mut self, name: &str, kind: FamilyKind, _help: Option<&str>) -> bool {
+    fn family(&mut self, name: &str, kind: FamilyKind, _help: Option<&str>, _: &dyn Fn(&str) -> bool) -> bool {
         self.family.clear();
         self.family.push_str(name);
         self.kind = kind;
@@ -259,42 +259,15 @@ impl Visitor for Batcher<'_> {
     }
 }
 
-/// A label value as the text format escaped it (`\\`, `\"`, `\n`), unescaped.
-fn unescape(v: &str) -> String {
-    if !v.contains('\\') {
-        return v.to_string();
-    }
-    let mut out = String::with_capacity(v.len());
-    let mut chars = v.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some(other) => out.push(other),
-            None => out.push('\\'),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn unescapes_text_format_values() {
-        assert_eq!(unescape(r#"a\"b\\c\nd"#), "a\"b\\c\nd");
-        assert_eq!(unescape("plain"), "plain");
-    }
-
-    #[test]
     fn requests_are_cut_at_the_sample_limit_and_decode() {
         let ext = vec![("region".to_string(), "eu".to_string())];
         let mut b = Batcher::new(1_000, &ext, 2);
-        b.family("x_total", FamilyKind::Counter, None);
+        b.family("x_total", FamilyKind::Counter, None, &|_| false);
         b.series(r#"a="1""#, Values::Counter(3.0));
         b.series(r#"a="2",region="us""#, Values::Counter(4.0));
         b.series("", Values::Counter(5.0));

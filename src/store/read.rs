@@ -53,7 +53,15 @@ pub trait Visitor {
     /// family split across chunks is announced again at the start of the next one; a family
     /// with no live series is not announced. Returning false skips the family's series in this
     /// chunk (an exposition that already wrote `name` under another type must not mix them).
-    fn family(&mut self, name: &str, kind: FamilyKind, help: Option<&str>) -> bool;
+    /// `exists` tells whether a family of another name exists (live or not), for formats
+    /// whose family names are not the sample names (OpenMetrics' counters).
+    fn family(
+        &mut self,
+        name: &str,
+        kind: FamilyKind,
+        help: Option<&str>,
+        exists: &dyn Fn(&str) -> bool,
+    ) -> bool;
     /// One series of the current family; `labels` is rendered `k="v",...` without braces.
     fn series(&mut self, labels: &str, values: Values<'_>);
 }
@@ -107,7 +115,9 @@ impl Store {
                     cursor.next = i;
                     return false;
                 }
-                if *announced.get_or_insert_with(|| v.family(name, fam.kind, fam.help())) {
+                if *announced.get_or_insert_with(|| {
+                    v.family(name, fam.kind, fam.help(), &|n| cat.family_id(n).is_some())
+                }) {
                     let values =
                         read_series(&shards, meta, fam, now, half, &mut words, &mut buckets);
                     v.series(cat.labels(id), values);

@@ -190,6 +190,8 @@ struct Rule {
     quantiles: Option<Arc<[f64]>>,
     window: Option<Duration>,
     honor_labels: bool,
+    /// `mapping rule <n> (match = "...")`, for the HELP of the families it names.
+    about: Arc<str>,
 }
 
 /// The compiled rules of one config.
@@ -234,6 +236,8 @@ pub enum Mapped {
         window: Option<Duration>,
         /// Tags win over `labels` of the same name.
         honor_labels: bool,
+        /// The rule, as a HELP text names it: `mapping rule 3 (match = "api.*")`.
+        about: Arc<str>,
     },
 }
 
@@ -533,6 +537,12 @@ impl Mapper {
                         quantiles: r.quantiles.as_deref().map(Arc::from),
                         window: r.window,
                         honor_labels: r.honor_labels,
+                        about: Arc::from(format!(
+                            "mapping rule {} ({} = {:?})",
+                            idx + 1,
+                            key,
+                            r.glob.as_ref().or(r.regex.as_ref()).map_or("", |p| p.get_ref())
+                        )),
                     },
                 ))
             })();
@@ -673,6 +683,7 @@ impl Mapper {
             quantiles: rule.quantiles.clone(),
             window: rule.window,
             honor_labels: rule.honor_labels,
+            about: rule.about.clone(),
         }
     }
 }
