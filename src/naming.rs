@@ -101,7 +101,9 @@ impl FamilyKind {
             Self::Summary => {
                 "StatsD timer (ms, in seconds), histogram (h) or distribution (d), quantiles over a sliding window, by tallyd."
             }
-            Self::Set => "StatsD set (s): distinct members over a sliding window (estimate), by tallyd.",
+            Self::Set => {
+                "StatsD set (s): distinct members over a sliding window (estimate), by tallyd."
+            }
         }
     }
 

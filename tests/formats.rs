@@ -132,8 +132,14 @@ fn proto_samples(mut body: &[u8]) -> (Vec<MetricFamily>, Vec<String>) {
             if let Some(h) = &m.histogram {
                 let count = h.sample_count_float.unwrap_or(h.sample_count() as f64);
                 for b in &h.bucket {
-                    let c = b.cumulative_count_float.unwrap_or(b.cumulative_count() as f64);
-                    lines.push(line("_bucket", Some(format!("le=\"{}\"", fmt(b.upper_bound()))), c));
+                    let c = b
+                        .cumulative_count_float
+                        .unwrap_or(b.cumulative_count() as f64);
+                    lines.push(line(
+                        "_bucket",
+                        Some(format!("le=\"{}\"", fmt(b.upper_bound()))),
+                        c,
+                    ));
                 }
                 lines.push(line("_bucket", Some("le=\"+Inf\"".into()), count));
                 lines.push(line("_sum", None, h.sample_sum()));
@@ -141,7 +147,11 @@ fn proto_samples(mut body: &[u8]) -> (Vec<MetricFamily>, Vec<String>) {
             }
             if let Some(s) = &m.summary {
                 for q in &s.quantile {
-                    lines.push(line("", Some(format!("quantile=\"{}\"", fmt(q.quantile()))), q.value()));
+                    lines.push(line(
+                        "",
+                        Some(format!("quantile=\"{}\"", fmt(q.quantile()))),
+                        q.value(),
+                    ));
                 }
                 lines.push(line("_sum", None, s.sample_sum()));
                 lines.push(line("_count", None, s.sample_count() as f64));
@@ -192,7 +202,10 @@ async fn protobuf_carries_every_value_of_the_text_format() {
     );
     assert!(families.iter().any(|f| f.name() == "tallyd_scrapes_total"));
     let after = scrape_text(t.http).await;
-    assert_eq!(value(&after, r#"tallyd_scrapes_total{format="protobuf"}"#), Some(1.0));
+    assert_eq!(
+        value(&after, r#"tallyd_scrapes_total{format="protobuf"}"#),
+        Some(1.0)
+    );
     t.stop().await;
 }
 
@@ -201,7 +214,10 @@ async fn openmetrics_has_the_text_samples_its_own_headers_and_an_eof() {
     let t = daemon().await;
     let text = scrape_text(t.http).await;
     let (ctype, body) = get(t.http, OPENMETRICS);
-    assert_eq!(ctype, "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    assert_eq!(
+        ctype,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
     let om = String::from_utf8(body).unwrap();
     assert!(om.ends_with("# EOF\n"), "{om}");
     let samples = |s: &str| -> Vec<String> {
@@ -227,11 +243,18 @@ async fn openmetrics_has_the_text_samples_its_own_headers_and_an_eof() {
     assert_eq!(om.matches("# EOF").count(), 1);
     strict_parse(&om);
     let after = scrape_text(t.http).await;
-    assert_eq!(value(&after, r#"tallyd_scrapes_total{format="openmetrics"}"#), Some(1.0));
+    assert_eq!(
+        value(&after, r#"tallyd_scrapes_total{format="openmetrics"}"#),
+        Some(1.0)
+    );
     t.stop().await;
 
     // With statsd_exporter's names OpenMetrics is not offered (it would add `_total`).
-    let t = TestDaemon::start(&config_text(1, "[defaults]\nnaming = \"statsd_exporter\"\n")).await;
+    let t = TestDaemon::start(&config_text(
+        1,
+        "[defaults]\nnaming = \"statsd_exporter\"\n",
+    ))
+    .await;
     let (ctype, _) = get(t.http, OPENMETRICS);
     assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
     t.stop().await;
@@ -250,7 +273,12 @@ fn strict_parse(om: &str) {
         skip_or_fail("the strict OpenMetrics parse: python3 is not on PATH");
         return;
     };
-    child.stdin.take().unwrap().write_all(om.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(om.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     if err.contains("No module named 'prometheus_client'") {
@@ -260,5 +288,8 @@ fn strict_parse(om: &str) {
         );
         return;
     }
-    assert!(out.status.success(), "the OpenMetrics parser refused the exposition:\n{err}\n{om}");
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refused the exposition:\n{err}\n{om}"
+    );
 }

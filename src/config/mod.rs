@@ -355,6 +355,15 @@ pub struct Defaults {
     pub window: Option<Duration>,
     /// Which exposition conventions names follow.
     pub naming: Naming,
+    /// What a histogram keeps: classic buckets, a native histogram, or both.
+    pub histograms: mapping::HistogramKind,
+    /// Native histograms: the largest factor between neighbouring bucket bounds (> 1).
+    pub native_bucket_factor: f64,
+    /// Native histograms: the most buckets a worker keeps per histogram (each sign); past it
+    /// the resolution halves.
+    pub native_max_buckets: u16,
+    /// Native histograms: values of at most this magnitude count in the zero bucket.
+    pub native_zero_threshold: f64,
 }
 
 /// The naming conventions of the exposition.
@@ -413,6 +422,10 @@ impl Default for Defaults {
             quantiles: None,
             window: None,
             naming: Naming::Tallyd,
+            histograms: mapping::HistogramKind::Both,
+            native_bucket_factor: 1.1,
+            native_max_buckets: 256,
+            native_zero_threshold: crate::store::native::DEFAULT_ZERO_THRESHOLD,
         }
     }
 }

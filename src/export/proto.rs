@@ -73,6 +73,14 @@ mod model {
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
+    pub struct BucketSpan {
+        #[prost(sint32, optional, tag = "1")]
+        pub offset: Option<i32>,
+        #[prost(uint32, optional, tag = "2")]
+        pub length: Option<u32>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
     pub struct Histogram {
         #[prost(uint64, optional, tag = "1")]
         pub sample_count: Option<u64>,
@@ -82,6 +90,26 @@ mod model {
         pub sample_sum: Option<f64>,
         #[prost(message, repeated, tag = "3")]
         pub bucket: Vec<Bucket>,
+        #[prost(sint32, optional, tag = "5")]
+        pub schema: Option<i32>,
+        #[prost(double, optional, tag = "6")]
+        pub zero_threshold: Option<f64>,
+        #[prost(uint64, optional, tag = "7")]
+        pub zero_count: Option<u64>,
+        #[prost(double, optional, tag = "8")]
+        pub zero_count_float: Option<f64>,
+        #[prost(message, repeated, tag = "9")]
+        pub negative_span: Vec<BucketSpan>,
+        #[prost(sint64, repeated, tag = "10")]
+        pub negative_delta: Vec<i64>,
+        #[prost(double, repeated, tag = "11")]
+        pub negative_count: Vec<f64>,
+        #[prost(message, repeated, tag = "12")]
+        pub positive_span: Vec<BucketSpan>,
+        #[prost(sint64, repeated, tag = "13")]
+        pub positive_delta: Vec<i64>,
+        #[prost(double, repeated, tag = "14")]
+        pub positive_count: Vec<f64>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -124,16 +152,65 @@ mod model {
 }
 
 pub use model::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType, Quantile,
-    Summary, Untyped,
+    Bucket, BucketSpan, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+    Quantile, Summary, Untyped,
 };
 
-/// A count in the integer field when it is whole, else in the float one.
-fn count(v: f64) -> (Option<u64>, Option<f64>) {
-    if v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(63) {
-        (Some(v as u64), None)
-    } else {
+fn whole(v: f64) -> bool {
+    v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(63)
+}
+
+/// A count in the integer field (`float` false) or the float one.
+fn count(v: f64, float: bool) -> (Option<u64>, Option<f64>) {
+    if float {
         (None, Some(v))
+    } else {
+        (Some(v as u64), None)
+    }
+}
+
+/// Fills `h`'s native fields from a merged native histogram: spans, and counts as deltas
+/// (integer histograms) or absolute (`float`).
+fn native_fields(h: &mut Histogram, m: &crate::store::native::Merged, zero: f64, float: bool) {
+    use crate::store::native::spans;
+    h.schema = Some(i32::from(m.schema));
+    h.zero_threshold = Some(zero);
+    (h.zero_count, h.zero_count_float) = count(m.zero_count, float);
+    let side =
+        |b: &[(i64, f64)], span: &mut Vec<BucketSpan>, delta: &mut Vec<i64>, abs: &mut Vec<f64>| {
+            span.extend(spans(b).into_iter().map(|(o, l)| BucketSpan {
+                offset: Some(o),
+                length: Some(l),
+            }));
+            if float {
+                abs.extend(b.iter().map(|p| p.1));
+            } else {
+                let mut prev = 0i64;
+                for p in b {
+                    let c = p.1 as i64;
+                    delta.push(c - prev);
+                    prev = c;
+                }
+            }
+        };
+    side(
+        &m.positive,
+        &mut h.positive_span,
+        &mut h.positive_delta,
+        &mut h.positive_count,
+    );
+    side(
+        &m.negative,
+        &mut h.negative_span,
+        &mut h.negative_delta,
+        &mut h.negative_count,
+    );
+    if zero == 0.0 && h.positive_span.is_empty() && h.negative_span.is_empty() {
+        // Marks the histogram native when nothing else would (as Prometheus clients do).
+        h.positive_span.push(BucketSpan {
+            offset: Some(0),
+            length: Some(0),
+        });
     }
 }
 
@@ -197,14 +274,22 @@ impl Visitor for ProtoVisitor {
                 buckets,
                 count: total,
                 sum,
+                native,
             } => {
+                // One kind of count for the whole histogram: integers when every count is.
+                let float = !whole(total)
+                    || buckets.iter().any(|b| !whole(*b))
+                    || native.is_some_and(|(m, _)| {
+                        !whole(m.zero_count)
+                            || m.positive.iter().chain(&m.negative).any(|p| !whole(p.1))
+                    });
                 let mut cum = 0.0;
                 let bucket = bounds
                     .iter()
                     .zip(buckets)
                     .map(|(b, w)| {
                         cum += w;
-                        let (c, cf) = count(cum);
+                        let (c, cf) = count(cum, float);
                         Bucket {
                             cumulative_count: c,
                             cumulative_count_float: cf,
@@ -212,13 +297,18 @@ impl Visitor for ProtoVisitor {
                         }
                     })
                     .collect();
-                let (c, cf) = count(total);
-                m.histogram = Some(Histogram {
+                let (c, cf) = count(total, float);
+                let mut h = Histogram {
                     sample_count: c,
                     sample_count_float: cf,
                     sample_sum: Some(sum),
                     bucket,
-                });
+                    ..Default::default()
+                };
+                if let Some((m, zero)) = native {
+                    native_fields(&mut h, m, zero, float);
+                }
+                m.histogram = Some(h);
             }
             Values::Summary {
                 quantiles,
@@ -306,7 +396,6 @@ pub fn own(families: &[prometheus::proto::MetricFamily], out: &mut Vec<u8>) {
                         let h = m.get_histogram();
                         out.histogram = Some(Histogram {
                             sample_count: Some(h.get_sample_count()),
-                            sample_count_float: None,
                             sample_sum: Some(h.get_sample_sum()),
                             bucket: h
                                 .get_bucket()
@@ -317,6 +406,7 @@ pub fn own(families: &[prometheus::proto::MetricFamily], out: &mut Vec<u8>) {
                                     upper_bound: Some(b.upper_bound()),
                                 })
                                 .collect(),
+                            ..Default::default()
                         })
                     }
                 }

@@ -184,6 +184,7 @@ impl Visitor for TextVisitor<'_> {
                 buckets,
                 count,
                 sum,
+                ..
             } => {
                 let mut cum = 0.0;
                 let mut le = String::new();
@@ -278,13 +279,34 @@ pub fn own_openmetrics(families: &[prometheus::proto::MetricFamily], out: &mut S
                     let bucket = format!("{name}_bucket");
                     for b in h.get_bucket() {
                         let le = b.upper_bound();
-                        sample(out, &bucket, l, Some(("le", le)), b.cumulative_count() as f64);
+                        sample(
+                            out,
+                            &bucket,
+                            l,
+                            Some(("le", le)),
+                            b.cumulative_count() as f64,
+                        );
                     }
-                    if h.get_bucket().last().is_none_or(|b| b.upper_bound() != f64::INFINITY) {
-                        sample(out, &bucket, l, Some(("le", f64::INFINITY)), h.get_sample_count() as f64);
+                    if h.get_bucket()
+                        .last()
+                        .is_none_or(|b| b.upper_bound() != f64::INFINITY)
+                    {
+                        sample(
+                            out,
+                            &bucket,
+                            l,
+                            Some(("le", f64::INFINITY)),
+                            h.get_sample_count() as f64,
+                        );
                     }
                     sample(out, &format!("{name}_sum"), l, None, h.get_sample_sum());
-                    sample(out, &format!("{name}_count"), l, None, h.get_sample_count() as f64);
+                    sample(
+                        out,
+                        &format!("{name}_count"),
+                        l,
+                        None,
+                        h.get_sample_count() as f64,
+                    );
                 }
                 T::SUMMARY => {
                     let s = m.get_summary();
@@ -292,7 +314,13 @@ pub fn own_openmetrics(families: &[prometheus::proto::MetricFamily], out: &mut S
                         sample(out, name, l, Some(("quantile", q.quantile())), q.value());
                     }
                     sample(out, &format!("{name}_sum"), l, None, s.sample_sum());
-                    sample(out, &format!("{name}_count"), l, None, s.sample_count() as f64);
+                    sample(
+                        out,
+                        &format!("{name}_count"),
+                        l,
+                        None,
+                        s.sample_count() as f64,
+                    );
                 }
             }
         }

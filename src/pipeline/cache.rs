@@ -147,7 +147,7 @@ impl Entry {
             Layout::Counter => 0,
             Layout::Gauge => 1,
             Layout::Set => 2,
-            Layout::Histogram(_) | Layout::Summary(_) => return None,
+            Layout::Histogram(_) | Layout::Summary(_) | Layout::Native(..) => return None,
         };
         debug_assert_eq!(PLAIN_LAYOUTS[code as usize], *layout);
         (*scale == 1.0 && *rate == 1.0 && tag_errors.is_empty() && *offset <= PAYLOAD)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::Writer;
 use super::cache::Entry;
 use crate::config::Naming;
-use crate::config::mapping::Mapped;
+use crate::config::mapping::{HistogramKind, Mapped};
 use crate::naming::{self, FamilyKind};
 use crate::parse::tags::{self, TagErrors};
 use crate::parse::{MetricType, Sample, Special};
@@ -67,6 +67,7 @@ impl Writer {
             }
         }
         let mut about = None;
+        let mut native = crate::config::mapping::NativeSpec::default();
         let (name, ttl, buckets, help, scale, summary) = match snap.mapper.map(&base, s.kind) {
             Mapped::Unmapped => {
                 self.stats.unmapped += 1;
@@ -92,9 +93,11 @@ impl Writer {
                 window,
                 honor_labels,
                 about: rule,
+                native: spec,
                 ..
             } => {
                 about = Some(rule);
+                native = spec;
                 if name.is_empty() {
                     return refused(Refusal::InvalidMappedName, 0);
                 }
@@ -157,9 +160,36 @@ impl Writer {
                 Duration::ZERO,
             ),
         };
-        let layout = match (layout, &buckets) {
-            (Layout::Histogram(_), Some(b)) => Layout::Histogram(b.len() as u8),
-            (l, _) => l,
+        let (layout, buckets) = match (layout, buckets) {
+            (Layout::Histogram(_), Some(b)) => {
+                let d = &cfg.defaults;
+                let kind = native.histograms.unwrap_or(d.histograms);
+                let classic: Arc<[f64]> = match kind {
+                    HistogramKind::Native => Arc::from([]),
+                    _ => b,
+                };
+                match kind {
+                    HistogramKind::Classic => {
+                        (Layout::Histogram(classic.len() as u8), Some(classic))
+                    }
+                    _ => {
+                        let factor = native.factor.unwrap_or(d.native_bucket_factor);
+                        let window = native.max_buckets.unwrap_or(d.native_max_buckets);
+                        // The native layout's bounds end with its zero threshold.
+                        let mut bounds = classic.to_vec();
+                        bounds.push(d.native_zero_threshold);
+                        (
+                            Layout::Native(
+                                classic.len() as u8,
+                                crate::store::native::schema_for(factor),
+                                window,
+                            ),
+                            Some(Arc::from(bounds)),
+                        )
+                    }
+                }
+            }
+            (l, b) => (l, b),
         };
         self.create(
             &family, kind, &labels, layout, ttl, help, buckets, window, scale, errors, s.kind,
@@ -188,19 +218,20 @@ impl Writer {
             layout,
             ttl,
             help,
-            buckets: buckets.clone(),
+            buckets,
             window,
             limits: &self.snap.config.limits,
         });
         match r {
-            Ok(offset) => Entry::Series {
-                offset,
-                layout,
+            // The family's layout and bounds, which its first series fixed.
+            Ok(found) => Entry::Series {
+                offset: found.offset,
+                layout: found.layout,
                 kind: sample,
                 scale,
                 rate: 1.0,
-                buckets: if matches!(layout, Layout::Histogram(_)) {
-                    buckets
+                buckets: if matches!(found.layout, Layout::Histogram(_) | Layout::Native(..)) {
+                    found.buckets
                 } else {
                     None
                 },

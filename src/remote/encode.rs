@@ -217,7 +217,13 @@ impl<'a> Batcher<'a> {
 }
 
 impl Visitor for Batcher<'_> {
-    fn family(&mut self, name: &str, kind: FamilyKind, _help: Option<&str>, _: &dyn Fn(&str) -> bool) -> bool {
+    fn family(
+        &mut self,
+        name: &str,
+        kind: FamilyKind,
+        _help: Option<&str>,
+        _: &dyn Fn(&str) -> bool,
+    ) -> bool {
         self.family.clear();
         self.family.push_str(name);
         self.kind = kind;
@@ -233,6 +239,7 @@ impl Visitor for Batcher<'_> {
                 buckets,
                 count,
                 sum,
+                ..
             } => {
                 let mut cum = 0.0;
                 for (b, w) in bounds.iter().zip(buckets) {

@@ -122,6 +122,11 @@ impl Family {
             .unwrap_or(&[])
     }
 
+    /// The bounds (or quantiles) as shared with the writers.
+    pub(super) fn buckets_arc(&self) -> Option<Arc<[f64]>> {
+        self.more.as_ref().and_then(|m| m.buckets.clone())
+    }
+
     pub(super) fn window(&self) -> Duration {
         self.more.as_ref().map_or(Duration::ZERO, |m| m.window)
     }

@@ -100,6 +100,7 @@ pub mod arena;
 mod catalog;
 pub mod census;
 pub mod departed;
+pub mod native;
 pub mod read;
 pub mod sketch;
 pub mod write;
@@ -136,6 +137,10 @@ pub enum Layout {
     Set,
     /// `[seq, stamp, count, sum, ...]`: see [`sketch`]. Carries its half-window in ms.
     Summary(u32),
+    /// A histogram with a native part: `[seq, count, sum, bucket * n, stamp, native...]`
+    /// (see [`native`]); its classic bucket count, initial schema and positive window. Its
+    /// bounds (in the family and the writer's cache entry) end with the zero threshold.
+    Native(u8, i8, u16),
 }
 
 impl Layout {
@@ -147,6 +152,7 @@ impl Layout {
             Self::Histogram(n) => 4 + u32::from(n),
             Self::Set => 4 + 2 * HLL_WORDS,
             Self::Summary(_) => sketch::WORDS,
+            Self::Native(n, _, w) => 4 + u32::from(n) + native::words(w),
         }
     }
 
@@ -156,7 +162,7 @@ impl Layout {
             Self::Counter => 1,
             Self::Gauge | Self::Set => 3,
             Self::Summary(_) => 1,
-            Self::Histogram(n) => 3 + u32::from(n),
+            Self::Histogram(n) | Self::Native(n, ..) => 3 + u32::from(n),
         }
     }
 }
@@ -215,6 +221,14 @@ struct Mark {
     id: u32,
     epoch: u64,
     print: u64,
+}
+
+/// A series found or created: where it is, and the layout and bounds its writes follow.
+#[derive(Debug, Clone)]
+pub(crate) struct Found {
+    pub offset: u32,
+    pub layout: Layout,
+    pub buckets: Option<Arc<[f64]>>,
 }
 
 /// What a writer needs to create a series.
@@ -314,8 +328,9 @@ impl Store {
         self.clock.now().as_secs() + 1
     }
 
-    /// Finds or creates the series; returns its offset.
-    pub(crate) fn find_or_create(&self, n: NewSeries<'_>) -> Result<u32, Refusal> {
+    /// Finds or creates the series. A series of a family that exists takes the family's
+    /// layout and bounds (fixed by its first series), whatever `n` asks for.
+    pub(crate) fn find_or_create(&self, n: NewSeries<'_>) -> Result<Found, Refusal> {
         let mut key = String::with_capacity(n.family.len() + 1 + n.labels.len());
         key.push_str(n.family);
         key.push('\0');
@@ -324,8 +339,12 @@ impl Store {
         let reg = &mut *reg;
         let hash = reg.cat.key_hash(&key);
         if let Some(id) = reg.cat.find(hash, &key) {
+            let (kind, buckets) = {
+                let f = reg.cat.family(reg.cat.family_of(id));
+                (f.kind, f.buckets_arc())
+            };
             let meta = reg.cat.series_mut(id);
-            if meta.layout != n.layout {
+            if kind != n.kind {
                 return Err(Refusal::Conflict);
             }
             if meta.state() == State::Retiring {
@@ -336,10 +355,22 @@ impl Store {
                     reg.retiring.swap_remove(p);
                 }
             }
-            return Ok(meta.offset);
+            return Ok(Found {
+                offset: meta.offset,
+                layout: meta.layout,
+                buckets,
+            });
         }
         // A new series: check the family claim and the limits.
         let fid = reg.cat.family_id(n.family);
+        // The family's first series fixes the layout and bounds of the others.
+        let (layout, buckets) = match fid.map(|f| reg.cat.family(f)) {
+            Some(f) if f.kind == n.kind => match f.member(0) {
+                Some(first) => (reg.cat.series(first).layout, f.buckets_arc()),
+                None => (n.layout, n.buckets.clone()),
+            },
+            _ => (n.layout, n.buckets.clone()),
+        };
         match fid.map(|f| reg.cat.family(f)) {
             Some(f) if f.kind != n.kind => return Err(Refusal::Conflict),
             Some(f)
@@ -371,7 +402,7 @@ impl Store {
             log_limit(&mut reg.limit_log, self.clock.now(), n.family, "max_series");
             return Err(Refusal::MaxSeries);
         }
-        let len = n.layout.words();
+        let len = layout.words();
         let offset = match reg.free_words.get_mut(&len).and_then(Vec::pop) {
             Some(o) => o,
             None => {
@@ -394,13 +425,17 @@ impl Store {
         });
         let at = Placement {
             offset,
-            layout: n.layout,
+            layout,
             ttl: u32::try_from(n.ttl.as_secs()).unwrap_or(u32::MAX),
         };
         reg.cat.insert(hash, &key, family, at);
         reg.count += 1;
         self.series_gauge.store(reg.count as u64, Ordering::Relaxed);
-        Ok(offset)
+        Ok(Found {
+            offset,
+            layout,
+            buckets,
+        })
     }
 
     fn shards(&self) -> Vec<sync::Arc<Shard>> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::arena::Shard;
 use super::catalog::{Family, SeriesMeta, State};
-use super::{HLL_P, HLL_WORDS, Layout, Store, half_window_index, sketch};
+use super::{HLL_P, HLL_WORDS, Layout, Store, half_window_index, native, sketch};
 use crate::naming::FamilyKind;
 use crate::sync::{self, lock};
 
@@ -32,6 +32,8 @@ pub enum Values<'a> {
         count: f64,
         /// Sum of weighted values.
         sum: f64,
+        /// The native part, if the histogram has one, and its zero threshold.
+        native: Option<(&'a native::Merged, f64)>,
     },
     /// A summary: quantile values over its window, cumulative count and sum.
     Summary {
@@ -98,6 +100,7 @@ impl Store {
         let cat = &reg.cat;
         let mut words = Vec::new();
         let mut buckets = Vec::new();
+        let mut merged = native::Merged::default();
         let mut left = budget;
         for &fid in cat.ordered_from(cursor.family.as_deref()) {
             let (name, fam) = (cat.name(fid), cat.family(fid));
@@ -118,8 +121,16 @@ impl Store {
                 if *announced.get_or_insert_with(|| {
                     v.family(name, fam.kind, fam.help(), &|n| cat.family_id(n).is_some())
                 }) {
-                    let values =
-                        read_series(&shards, meta, fam, now, half, &mut words, &mut buckets);
+                    let values = read_series(
+                        &shards,
+                        meta,
+                        fam,
+                        now,
+                        half,
+                        &mut words,
+                        &mut buckets,
+                        &mut merged,
+                    );
                     v.series(cat.labels(id), values);
                 }
                 left -= 1;
@@ -138,6 +149,7 @@ pub struct Cursor {
     next: usize,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn read_series<'a>(
     shards: &[sync::Arc<Shard>],
     meta: &SeriesMeta,
@@ -146,6 +158,7 @@ fn read_series<'a>(
     half: u64,
     words: &mut Vec<u64>,
     buckets: &'a mut Vec<f64>,
+    merged: &'a mut native::Merged,
 ) -> Values<'a> {
     let o = meta.offset;
     match meta.layout {
@@ -184,6 +197,41 @@ fn read_series<'a>(
                 buckets,
                 count,
                 sum,
+                native: None,
+            }
+        }
+        Layout::Native(n, schema, window) => {
+            let nu = n as usize;
+            // After the seq word: count, sum, classic buckets, stamp, then the native part;
+            // every shard's copy side by side.
+            let len = meta.layout.words() as usize - 1;
+            words.resize(len * shards.len(), 0);
+            buckets.clear();
+            buckets.resize(nu, 0.0);
+            let (mut count, mut sum) = (0.0, 0.0);
+            for (s, part) in shards.iter().zip(words.chunks_mut(len)) {
+                s.read_consistent(o, part);
+                count += f64::from_bits(part[0]);
+                sum += f64::from_bits(part[1]);
+                for (b, w) in buckets.iter_mut().zip(&part[2..2 + nu]) {
+                    *b += f64::from_bits(*w);
+                }
+            }
+            let h = 3 + nu;
+            native::merge(words.chunks(len).map(|p| &p[h..]), schema, window, merged);
+            let b = fam.buckets();
+            let (bounds, zero) = b.split_at(nu.min(b.len()));
+            Values::Histogram {
+                bounds,
+                buckets,
+                count,
+                sum,
+                native: Some((
+                    merged,
+                    zero.first()
+                        .copied()
+                        .unwrap_or(native::DEFAULT_ZERO_THRESHOLD),
+                )),
             }
         }
         Layout::Summary(_) => {

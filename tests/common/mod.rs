@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use tallyd::daemon::{Daemon, Options};
 
+pub mod prom;
+
 /// How long a test waits for a value before failing with the last scrape.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 

@@ -82,6 +82,44 @@ pub struct MappingRule {
     /// Tags win over this rule's `labels` of the same name (by default the rule's win).
     #[serde(default)]
     pub honor_labels: bool,
+    /// What the histograms this rule names keep. Default: `[defaults] histograms`.
+    #[serde(default)]
+    pub histograms: Option<HistogramKind>,
+    /// Native histograms' bucket factor. Default: `[defaults] native_bucket_factor`.
+    #[serde(default)]
+    pub native_bucket_factor: Option<f64>,
+    /// Native histograms' bucket limit. Default: `[defaults] native_max_buckets`.
+    #[serde(default)]
+    pub native_max_buckets: Option<u16>,
+}
+
+/// What a histogram keeps.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HistogramKind {
+    /// Classic buckets in every format, and a native histogram in protobuf (the default).
+    #[default]
+    Both,
+    /// Classic buckets only.
+    Classic,
+    /// A native histogram only: protobuf scrapes get it, text ones `_count` and `_sum`.
+    Native,
+}
+
+/// Native histogram settings as rules and `[defaults]` take them: a factor above 1 (at most
+/// 65536, schema -4), and 4 to 1024 buckets.
+pub(crate) fn check_native(factor: Option<f64>, max: Option<u16>) -> Result<(), String> {
+    if let Some(f) = factor
+        && !(f.is_finite() && f > 1.0 && f <= 65536.0)
+    {
+        return Err("native_bucket_factor: a number above 1 and at most 65536".into());
+    }
+    if let Some(m) = max
+        && !(4..=1024).contains(&m)
+    {
+        return Err("native_max_buckets: 4 to 1024".into());
+    }
+    Ok(())
 }
 
 /// Summary quantiles where none are given.
@@ -192,6 +230,18 @@ struct Rule {
     honor_labels: bool,
     /// `mapping rule <n> (match = "...")`, for the HELP of the families it names.
     about: Arc<str>,
+    native: NativeSpec,
+}
+
+/// A rule's histogram settings (each `None`: `[defaults]`'s).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NativeSpec {
+    /// Classic, native or both.
+    pub histograms: Option<HistogramKind>,
+    /// Bucket factor.
+    pub factor: Option<f64>,
+    /// Bucket limit.
+    pub max_buckets: Option<u16>,
 }
 
 /// The compiled rules of one config.
@@ -238,6 +288,8 @@ pub enum Mapped {
         honor_labels: bool,
         /// The rule, as a HELP text names it: `mapping rule 3 (match = "api.*")`.
         about: Arc<str>,
+        /// Its histogram settings.
+        native: NativeSpec,
     },
 }
 
@@ -521,6 +573,16 @@ impl Mapper {
                 {
                     return Err(err("scale", "must be a finite, non-zero number".into()));
                 }
+                check_native(r.native_bucket_factor, r.native_max_buckets).map_err(|m| {
+                    err(
+                        if m.contains("factor") {
+                            "native_bucket_factor"
+                        } else {
+                            "native_max_buckets"
+                        },
+                        m,
+                    )
+                })?;
                 Ok((
                     source,
                     Rule {
@@ -537,11 +599,19 @@ impl Mapper {
                         quantiles: r.quantiles.as_deref().map(Arc::from),
                         window: r.window,
                         honor_labels: r.honor_labels,
+                        native: NativeSpec {
+                            histograms: r.histograms,
+                            factor: r.native_bucket_factor,
+                            max_buckets: r.native_max_buckets,
+                        },
                         about: Arc::from(format!(
                             "mapping rule {} ({} = {:?})",
                             idx + 1,
                             key,
-                            r.glob.as_ref().or(r.regex.as_ref()).map_or("", |p| p.get_ref())
+                            r.glob
+                                .as_ref()
+                                .or(r.regex.as_ref())
+                                .map_or("", |p| p.get_ref())
                         )),
                     },
                 ))
@@ -684,6 +754,7 @@ impl Mapper {
             window: rule.window,
             honor_labels: rule.honor_labels,
             about: rule.about.clone(),
+            native: rule.native,
         }
     }
 }
