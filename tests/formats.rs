@@ -293,3 +293,65 @@ fn strict_parse(om: &str) {
         "the OpenMetrics parser refused the exposition:\n{err}\n{om}"
     );
 }
+
+/// Native histograms as Prometheus reads them from protobuf: schema 3 for the default factor
+/// 1.1, the zero bucket, spans and deltas for whole counts, absolute float counts under a
+/// sample rate (`@0.3` weighs 1/0.3), and the classic/native choice per rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_histograms_in_protobuf() {
+    let t = TestDaemon::start(&config_text(
+        1,
+        "[[mapping]]\nmatch = \"m\"\nname = \"m\"\nhistograms = \"classic\"\n\n\
+         [[mapping]]\nmatch = \"k\"\nname = \"k\"\nhistograms = \"native\"\n\
+         native_bucket_factor = 2.0\n",
+    ))
+    .await;
+    let lines = [
+        "n:1|h", "n:2|h", "n:3|h|@0.5", "n:-1|h", "n:0|h", "m:1|h", "k:3|h", "r:1|h|@0.3",
+    ];
+    for l in lines {
+        send(t.udp[0], l.as_bytes());
+    }
+    wait_datagrams(t.http, "udp://127.0.0.1:0", lines.len() as u64).await;
+    let (_, body) = get(t.http, PROTOBUF);
+    let (families, _) = proto_samples(&body);
+    let h = |name: &str| {
+        families
+            .iter()
+            .find(|f| f.name() == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .metric[0]
+            .histogram
+            .clone()
+            .unwrap()
+    };
+    let span = |o: i32, l: u32| tallyd::export::proto::BucketSpan {
+        offset: Some(o),
+        length: Some(l),
+    };
+    let n = h("n");
+    assert_eq!(n.schema, Some(3));
+    assert_eq!(n.sample_count, Some(6));
+    assert_eq!(n.zero_count, Some(1));
+    // 1, 2 and 3 at schema 3 are buckets 0, 8 and 13 (2^(13/8) = 3.08).
+    assert_eq!(n.positive_span, [span(0, 1), span(7, 1), span(4, 1)]);
+    assert_eq!(n.positive_delta, [1, 0, 1]);
+    assert_eq!(n.negative_span, [span(0, 1)]);
+    assert_eq!(n.negative_delta, [1]);
+    assert_eq!(n.bucket.len(), 11, "both: the classic buckets too");
+    let m = h("m");
+    assert_eq!((m.schema, m.bucket.len()), (None, 11), "classic only");
+    let k = h("k");
+    assert_eq!((k.schema, k.bucket.len()), (Some(0), 0), "native only, factor 2");
+    assert_eq!(k.positive_span, [span(2, 1)]);
+    let r = h("r");
+    assert_eq!(r.sample_count, None);
+    assert_eq!(r.sample_count_float, Some(1.0 / 0.3));
+    assert_eq!(r.positive_count, [1.0 / 0.3]);
+    assert!(r.positive_delta.is_empty());
+    // The text format shows the classic part, and only `+Inf` for a native-only histogram.
+    let text = scrape_text(t.http).await;
+    assert_eq!(value(&text, r#"k_bucket{le="+Inf"}"#), Some(1.0), "{text}");
+    assert!(!text.contains("k_bucket{le=\"1\"}"), "{text}");
+    t.stop().await;
+}

@@ -388,6 +388,48 @@ mod tests {
         }
     }
 
+    /// Two shards, one forced down to a lower schema by a narrow window: the merge equals the
+    /// observations bucketed directly at the merged schema, weights (sample rates) included,
+    /// and nothing is lost.
+    #[test]
+    fn shards_at_different_schemas_merge_exactly() {
+        let window = 8;
+        let len = words(window) as usize;
+        let (a, b) = (Shard::new(0), Shard::new(0));
+        let obs_a: Vec<(f64, f64)> = (0..40).map(|i| (1.1f64.powi(i), 1.0)).collect();
+        let obs_b: Vec<(f64, f64)> = vec![(1.0, 2.0), (1.5, 3.3333), (-2.0, 1.0), (0.0, 4.0)];
+        for &(v, w) in &obs_a {
+            observe(&a, 0, 3, window, DEFAULT_ZERO_THRESHOLD, v, w);
+        }
+        for &(v, w) in &obs_b {
+            observe(&b, 0, 3, window, DEFAULT_ZERO_THRESHOLD, v, w);
+        }
+        let read = |s: &Shard| (0..len as u32).map(|i| s.load(i)).collect::<Vec<u64>>();
+        let (wa, wb) = (read(&a), read(&b));
+        let mut m = Merged::default();
+        merge([wa.as_slice(), wb.as_slice()].into_iter(), 3, window, &mut m);
+        // 40 values over 1.1^39 = 41x cannot stay at schema 3 in 8 buckets.
+        assert!(m.schema < 3, "{m:?}");
+        let mut want_pos: Vec<(i64, f64)> = Vec::new();
+        let mut want_neg: Vec<(i64, f64)> = Vec::new();
+        for &(v, w) in obs_a.iter().chain(&obs_b) {
+            if v == 0.0 {
+                continue;
+            }
+            let side = if v > 0.0 { &mut want_pos } else { &mut want_neg };
+            let i = index(v.abs(), m.schema);
+            match side.iter_mut().find(|p| p.0 == i) {
+                Some(p) => p.1 += w,
+                None => side.push((i, w)),
+            }
+        }
+        want_pos.sort_by_key(|p| p.0);
+        assert_eq!(m.positive, want_pos);
+        assert_eq!(m.negative, want_neg);
+        assert_eq!(m.zero_count, 4.0);
+        assert!(m.positive.len() <= usize::from(window));
+    }
+
     #[test]
     fn spans_of_runs() {
         let b = |ix: &[i64]| ix.iter().map(|&i| (i, 1.0)).collect::<Vec<_>>();
