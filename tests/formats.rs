@@ -307,7 +307,14 @@ async fn native_histograms_in_protobuf() {
     ))
     .await;
     let lines = [
-        "n:1|h", "n:2|h", "n:3|h|@0.5", "n:-1|h", "n:0|h", "m:1|h", "k:3|h", "r:1|h|@0.3",
+        "n:1|h",
+        "n:2|h",
+        "n:3|h|@0.5",
+        "n:-1|h",
+        "n:0|h",
+        "m:1|h",
+        "k:3|h",
+        "r:1|h|@0.3",
     ];
     for l in lines {
         send(t.udp[0], l.as_bytes());
@@ -342,7 +349,11 @@ async fn native_histograms_in_protobuf() {
     let m = h("m");
     assert_eq!((m.schema, m.bucket.len()), (None, 11), "classic only");
     let k = h("k");
-    assert_eq!((k.schema, k.bucket.len()), (Some(0), 0), "native only, factor 2");
+    assert_eq!(
+        (k.schema, k.bucket.len()),
+        (Some(0), 0),
+        "native only, factor 2"
+    );
     assert_eq!(k.positive_span, [span(2, 1)]);
     let r = h("r");
     assert_eq!(r.sample_count, None);

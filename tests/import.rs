@@ -188,12 +188,8 @@ fn unsupported_constructs_and_invalid_files_fail_with_their_line() {
     let dir = tempfile::tempdir().unwrap();
     let lossy: &[(&str, &str)] = &[
         (
-            "mappings:\n- match: a.*\n  name: a\n  observer_type: histogram\n  histogram_options:\n    native_histogram_bucket_factor: 1.1\n",
-            ":6: cannot translate: native histogram options",
-        ),
-        (
-            "defaults:\n  histogram_options:\n    native_histogram_max_buckets: 100\n",
-            ":3: cannot translate: native histogram options",
+            "mappings:\n- match: a.*\n  name: a\n  observer_type: histogram\n  histogram_options:\n    native_histogram_max_buckets: 2000\n",
+            ":6: cannot translate: native_histogram_max_buckets 2000",
         ),
         (
             "mappings:\n- match: a.*\n  name: a\n  labels:\n    __x: y\n",
@@ -215,7 +211,15 @@ fn unsupported_constructs_and_invalid_files_fail_with_their_line() {
         ),
         (
             "mappings:\n- match: 'a(?=b)'\n  match_type: regex\n  name: a\n",
-            ":2: error: invalid regex",
+            ":2: cannot translate: regex a(?=b) does not compile for tallyd",
+        ),
+        (
+            "defaults:\n  summary_options:\n    quantiles:\n    - quantile: 1\n    - quantile: 0.5\n",
+            ":3: cannot translate: quantiles 0 and 1",
+        ),
+        (
+            "mappings:\n- match: a.*\n  name: x\n  <<: {help: h}\n",
+            ":4: cannot translate: YAML merge keys",
         ),
     ];
     for (i, (yaml, want)) in lossy.iter().enumerate() {
@@ -380,6 +384,28 @@ fn every_flag_translates() {
     let (code, _, err) = import(&["--", "--statsd.bogus=1"]);
     assert_eq!(code, 1);
     assert!(err.contains("unknown long flag '--statsd.bogus'"), "{err}");
+    // statsd_exporter's native histogram options become tallyd's; a factor of 1 turns them
+    // off; without a mapping file statsd_exporter has none.
+    let native = dir.path().join("native.yml");
+    std::fs::write(
+        &native,
+        "defaults:\n  observer_type: histogram\n  histogram_options:\n    native_histogram_bucket_factor: 2\n    native_histogram_max_buckets: 100\nmappings:\n- match: a.*\n  name: a\n  histogram_options:\n    native_histogram_bucket_factor: 1\n",
+    )
+    .unwrap();
+    let (code, toml, err) = import(&["--mapping-config", native.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        toml.contains(
+            "observer = \"histogram\"\nnative_bucket_factor = 2.0\nnative_max_buckets = 100\n"
+        ),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("name = \"a\"\nhistograms = \"classic\"\n"),
+        "{toml}"
+    );
+    let (_, toml, _) = import(&[]);
+    assert!(toml.contains("histograms = \"classic\"\n"), "{toml}");
     // The mapping file can come through the flags.
     let yml = fixtures().join("readme.yml");
     let (code, toml, _) = import(&["--", &format!("--statsd.mapping-config={}", yml.display())]);

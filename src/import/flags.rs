@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+use saphyr::{MarkedYaml, YamlData};
 
 use super::{Findings, Kind, quote};
 
@@ -56,8 +56,11 @@ impl Flags {
     /// Parses `args` as kingpin does; unknown flags and stray arguments are errors.
     pub(super) fn parse(args: &[String], f: &mut Findings) -> Self {
         let mut set = Vec::new();
-        let mut it = args.iter();
+        let mut it = args.iter().peekable();
         while let Some(arg) = it.next() {
+            if arg == "--" {
+                continue;
+            }
             let Some(body) = arg.strip_prefix("--") else {
                 f.push_at(
                     Kind::Error,
@@ -81,13 +84,15 @@ impl Flags {
                     );
                     continue;
                 }
-                (Some((k, Type::Str, _)), _) => match inline.or_else(|| it.next().cloned()) {
-                    Some(v) => (*k, v),
-                    None => {
-                        f.push_at(Kind::Error, arg, format!("--{k} needs a value"));
-                        continue;
+                (Some((k, Type::Str, _)), _) => {
+                    match inline.or_else(|| it.next_if(|next| !next.starts_with("--")).cloned()) {
+                        Some(v) => (*k, v),
+                        None => {
+                            f.push_at(Kind::Error, arg, format!("--{k} needs a value"));
+                            continue;
+                        }
                     }
-                },
+                }
                 (None, Some((k, Type::Bool, _))) if inline.is_none() => (*k, "false".to_string()),
                 _ => {
                     f.push_at(Kind::Error, arg, format!("unknown long flag '--{name}'"));
@@ -143,7 +148,16 @@ fn address(flag: &str, value: &str, f: &mut Findings) -> Option<String> {
     }
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let ip = match host {
-        "" => "0.0.0.0".to_string(),
+        "" => {
+            f.push_at(
+                Kind::Note,
+                &at,
+                "an empty host: tallyd listens on 0.0.0.0, IPv4 only; statsd_exporter also takes \
+                 IPv6 on a dual-stack host (write [::] for that)"
+                    .into(),
+            );
+            "0.0.0.0".to_string()
+        }
         "localhost" => "127.0.0.1".to_string(),
         h => match h.parse::<std::net::IpAddr>() {
             Ok(std::net::IpAddr::V4(v4)) => v4.to_string(),
@@ -295,6 +309,13 @@ pub(super) fn sections(
     if !relay.is_empty() {
         let len = flags.get("statsd.relay.packet-length");
         let _ = writeln!(out, "[relay]\naddress = {}", quote(relay));
+        f.push_at(
+            Kind::Note,
+            &format!("--statsd.relay.address={relay}"),
+            "tallyd relays the lines its parser accepts; statsd_exporter relays every line, \
+             malformed ones too"
+                .into(),
+        );
         match len.parse::<u64>() {
             Ok(n) if (1..=65_507).contains(&n) => {
                 let _ = writeln!(out, "max_datagram_size = {n}");
@@ -405,7 +426,7 @@ fn web(
             .into(),
     );
     let at = |line: usize| format!("{name}:{line}");
-    let docs = match MarkedYaml::load_from_str(&text) {
+    let docs = match super::yaml::load(&text) {
         Ok(d) => d,
         Err(e) => {
             f.push_at(
@@ -427,7 +448,7 @@ fn web(
         }
     };
     let str_of = |n: &MarkedYaml<'_>| match &n.data {
-        YamlData::Value(Scalar::String(s)) => Some(s.to_string()),
+        YamlData::Representation(s, ..) => Some(s.to_string()),
         _ => None,
     };
     let YamlData::Mapping(top) = &root.data else {

@@ -133,14 +133,17 @@ pub fn statsd_exporter(opts: &Options, read: &dyn Fn(&Path) -> std::io::Result<S
         "# tallyd config imported from statsd_exporter by `tallyd import statsd-exporter`",
     );
     match &mapping {
-        Some(p) => out.push_str(&format!("\n# mapping file: {}", p.display())),
+        Some(p) => out.push_str(&format!(
+            "\n# mapping file: {}",
+            p.display().to_string().escape_debug()
+        )),
         None => out.push_str("\n# no mapping file"),
     }
     if !opts.flags.is_empty() {
         out.push_str("\n# flags:");
         for a in &opts.flags {
             out.push(' ');
-            out.push_str(a);
+            out.extend(a.escape_debug());
         }
     }
     out.push_str(
@@ -150,6 +153,10 @@ pub fn statsd_exporter(opts: &Options, read: &dyn Fn(&Path) -> std::io::Result<S
     let mut body = String::new();
     flags::sections(&flags, &mut f, read, &mut body);
     rules::defaults(&file, &mut f, &mut body);
+    if mapping.is_none() {
+        // Without a mapping file statsd_exporter's histograms have no native part.
+        body.push_str("histograms = \"classic\"\n");
+    }
     body.push('\n');
     rules::mappings(&file, &source, &mut f, &mut body);
     out.push_str(&body);

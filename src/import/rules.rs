@@ -112,21 +112,7 @@ pub(super) fn defaults(file: &File, f: &mut Findings, out: &mut String) {
         if let Some(b) = buckets(h, f) {
             let _ = writeln!(out, "timer_buckets = {b}\nhistogram_buckets = {b}");
         }
-        native(h, f);
-    }
-    if d.observer == Some(Observer::Histogram)
-        || file
-            .mappings
-            .iter()
-            .any(|m| observer(m, d) == Observer::Histogram)
-    {
-        f.push(
-            Kind::Note,
-            at,
-            "statsd_exporter also exposes its histograms as native histograms to a Prometheus \
-             that scrapes protobuf with native histograms on; tallyd exports the classic buckets"
-                .into(),
-        );
+        out.push_str(&native(h, f));
     }
     if let Some(ttl) = d.ttl.filter(|t| !t.is_zero()) {
         let _ = writeln!(out, "ttl = {}", ttl_value(ttl, at, f));
@@ -135,15 +121,18 @@ pub(super) fn defaults(file: &File, f: &mut Findings, out: &mut String) {
 
 /// A ttl for tallyd, which counts whole seconds: a shorter one is rounded up to 1s.
 fn ttl_value(ttl: Duration, at: usize, f: &mut Findings) -> String {
-    if ttl < Duration::from_secs(1) {
+    let whole = Duration::from_secs(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0));
+    if whole != ttl {
         f.push(
             Kind::Warning,
             at,
-            format!("ttl {ttl:?}: tallyd counts ttls in whole seconds; written as 1s"),
+            format!(
+                "ttl {ttl:?}: tallyd counts ttls in whole seconds; written as {}s",
+                whole.as_secs()
+            ),
         );
-        return quote("1s");
     }
-    tallyd_duration(ttl)
+    tallyd_duration(whole)
 }
 
 /// `quantiles` and `window` values from summary options, or `None` for what they leave out.
@@ -159,11 +148,15 @@ fn summary_keys(
         v.dedup();
         if v.iter().any(|q| !(*q > 0.0 && *q < 1.0)) {
             f.push(
-                Kind::Error,
+                Kind::Lossy,
                 s.line,
-                "quantiles must be strictly between 0 and 1".into(),
+                "quantiles 0 and 1 (the minimum and maximum): tallyd's summaries take quantiles \
+                 strictly between 0 and 1; they are left out"
+                    .into(),
             );
-        } else if v.len() > 16 {
+            v.retain(|q| *q > 0.0 && *q < 1.0);
+        }
+        if v.len() > 16 {
             f.push(
                 Kind::Lossy,
                 s.line,
@@ -173,8 +166,8 @@ fn summary_keys(
                 ),
             );
             v.truncate(16);
-            quantiles = Some(floats(&v));
-        } else {
+        }
+        if !v.is_empty() {
             quantiles = Some(floats(&v));
         }
         if q.iter().any(|(_, e)| *e > 0.0) {
@@ -187,10 +180,16 @@ fn summary_keys(
             );
         }
     }
-    let window = s
-        .max_age
-        .filter(|w| !w.is_zero())
-        .map(|w| tallyd_duration(w.max(Duration::from_secs(2))));
+    let window = s.max_age.filter(|w| !w.is_zero()).map(|w| {
+        if w < Duration::from_secs(2) {
+            f.push(
+                Kind::Warning,
+                s.line,
+                format!("max_age {w:?}: tallyd's summary window is at least 2s; written as 2s"),
+            );
+        }
+        tallyd_duration(w.max(Duration::from_secs(2)))
+    });
     if s.age_buckets.is_some_and(|b| b > 0) || s.buf_cap.is_some_and(|b| b > 0) {
         f.push(
             Kind::Note,
@@ -205,7 +204,15 @@ fn summary_keys(
 
 /// A `buckets` value from histogram options, or `None` when they give none.
 fn buckets(h: &yaml::HistogramOptions, f: &mut Findings) -> Option<String> {
-    let b = h.buckets.as_ref().filter(|b| !b.is_empty())?;
+    // A trailing +Inf is implied in both (client_golang drops it).
+    let b: Vec<f64> = h
+        .buckets
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|b| *b != f64::INFINITY)
+        .collect();
+    let b = Some(&b).filter(|b| !b.is_empty())?;
     if b.iter().any(|x| !x.is_finite()) || b.windows(2).any(|w| w[0] >= w[1]) {
         f.push(
             Kind::Error,
@@ -228,16 +235,42 @@ fn buckets(h: &yaml::HistogramOptions, f: &mut Findings) -> Option<String> {
     Some(floats(b))
 }
 
-fn native(h: &yaml::HistogramOptions, f: &mut Findings) {
-    if h.native_factor.is_some_and(|x| x > 0.0) || h.native_max_buckets.is_some_and(|x| x > 0) {
-        f.push(
-            Kind::Lossy,
-            h.line,
-            "native histogram options: tallyd exports classic buckets only, so a Prometheus \
-             that scrapes native histograms gets none"
-                .into(),
-        );
+/// The native histogram keys from histogram options: `native_bucket_factor` and
+/// `native_max_buckets` lines, or `histograms = "classic"` where a factor of at most 1 turns
+/// native histograms off (as in client_golang).
+fn native(h: &yaml::HistogramOptions, f: &mut Findings) -> String {
+    let mut out = String::new();
+    match h.native_factor {
+        Some(x) if x > 0.0 && x <= 1.0 => out.push_str("histograms = \"classic\"\n"),
+        Some(x) if x > 1.0 => {
+            let x = if x > 65536.0 {
+                f.push(
+                    Kind::Lossy,
+                    h.line,
+                    format!("native_histogram_bucket_factor {x}: tallyd's widest is 65536"),
+                );
+                65536.0
+            } else {
+                x
+            };
+            let _ = writeln!(out, "native_bucket_factor = {}", float(x));
+        }
+        _ => {}
     }
+    if let Some(m) = h.native_max_buckets.filter(|m| *m > 0) {
+        let kept = m.clamp(4, 1024);
+        if kept != m {
+            f.push(
+                Kind::Lossy,
+                h.line,
+                format!(
+                    "native_histogram_max_buckets {m}: tallyd keeps 4 to 1024; written as {kept}"
+                ),
+            );
+        }
+        let _ = writeln!(out, "native_max_buckets = {kept}");
+    }
+    out
 }
 
 /// Writes the `[[mapping]]` tables of `file` into `out`, in statsd_exporter's order.
@@ -249,7 +282,7 @@ pub(super) fn mappings(file: &File, source: &str, f: &mut Findings, out: &mut St
     let mut reordered = false;
     for m in &file.mappings {
         let regex = m.match_type.unwrap_or(default_match) == MatchType::Regex;
-        if !check(m, regex, &checks, f) {
+        if !check(m, &file.defaults, regex, &checks, f) {
             continue;
         }
         let rule = Rule {
@@ -297,7 +330,7 @@ pub(super) fn mappings(file: &File, source: &str, f: &mut Findings, out: &mut St
 
 /// statsd_exporter's load-time checks of one mapping; false (with errors pushed) if it would
 /// refuse the file.
-fn check(m: &yaml::Mapping, regex: bool, c: &Checks, f: &mut Findings) -> bool {
+fn check(m: &yaml::Mapping, d: &yaml::Defaults, regex: bool, c: &Checks, f: &mut Findings) -> bool {
     let before = f.errors();
     for (k, _) in &m.labels {
         if !c.label.is_match(k) {
@@ -321,11 +354,17 @@ fn check(m: &yaml::Mapping, regex: bool, c: &Checks, f: &mut Findings) -> bool {
     }
     if regex {
         if let Err(e) = regex_captures(&m.matcher) {
+            // Go's RE2 and Rust's regex differ at the edges (`\Q..\E`, octal escapes, a
+            // literal `{`): the rule is left out.
             f.push(
-                Kind::Error,
+                Kind::Lossy,
                 m.line_of("match"),
-                format!("invalid regex {} in mapping: {e}", m.matcher),
+                format!(
+                    "regex {} does not compile for tallyd; the rule is left out: {e}",
+                    m.matcher
+                ),
             );
+            return false;
         }
     } else if !c.glob.is_match(&m.matcher) {
         f.push(
@@ -334,13 +373,16 @@ fn check(m: &yaml::Mapping, regex: bool, c: &Checks, f: &mut Findings) -> bool {
             format!("invalid match: {}", m.matcher),
         );
     }
-    match m.observer {
-        Some(Some(Observer::Histogram)) if m.summary.is_some() => f.push(
+    // statsd_exporter checks these against the observer the mapping resolves to, once one of
+    // the mapping and the defaults names it.
+    let named = m.observer.is_some() || d.observer.is_some();
+    match named.then(|| observer(m, d)) {
+        Some(Observer::Histogram) if m.summary.is_some() => f.push(
             Kind::Error,
             m.line_of("summary_options"),
             "cannot use histogram observer and summary options at the same time".into(),
         ),
-        Some(Some(Observer::Summary)) if m.histogram.is_some() => f.push(
+        Some(Observer::Summary) if m.histogram.is_some() => f.push(
             Kind::Error,
             m.line_of("histogram_options"),
             "cannot use summary observer and histogram options at the same time".into(),
@@ -457,26 +499,18 @@ struct Wrap {
 fn wrap(m: &yaml::Mapping, uses_whole: bool) -> Option<Wrap> {
     let (captures, names) = regex_captures(&m.matcher).ok()?;
     let re = &m.matcher;
-    let start = re.starts_with('^');
-    let end = re.ends_with('$') && !re.ends_with("\\$");
-    let (pre, post) = (if start { "" } else { ".*?" }, if end { "" } else { ".*" });
-    Some(if start && end {
+    // Always wrapped: a `^` or `$` inside still anchors as it did, and an alternation such as
+    // `^a|b$` keeps its meaning (tallyd would otherwise anchor the whole of it).
+    Some(if uses_whole {
         Wrap {
-            pattern: re.clone(),
-            shift: 0,
-            captures,
-            names,
-        }
-    } else if uses_whole {
-        Wrap {
-            pattern: format!("{pre}({re}){post}"),
+            pattern: format!(".*?({re}).*"),
             shift: 1,
             captures,
             names,
         }
     } else {
         Wrap {
-            pattern: format!("{pre}(?:{re}){post}"),
+            pattern: format!(".*?(?:{re}).*"),
             shift: 0,
             captures,
             names,
@@ -656,11 +690,9 @@ fn rule(r: &Rule<'_>, file: &File, c: &Checks, source: &str, f: &mut Findings, o
                 );
                 continue;
             }
-            // A label that is always empty is no label, in both.
+            // A label that is always empty still removes a tag of its name, in both.
             let v = template(v, r, wrap.as_ref(), c, at, f);
-            if !v.is_empty() {
-                parts.push(format!("{} = {}", label_key(k), quote(&v)));
-            }
+            parts.push(format!("{} = {}", label_key(k), quote(&v)));
         }
         if !parts.is_empty() {
             let _ = writeln!(out, "labels = {{ {} }}", parts.join(", "));
@@ -689,19 +721,22 @@ fn rule(r: &Rule<'_>, file: &File, c: &Checks, source: &str, f: &mut Findings, o
     if admits_observer {
         match obs {
             Observer::Histogram => {
-                if m.observer.is_some() {
+                let quantile = m.labels.iter().any(|(k, _)| k == "quantile");
+                if m.observer.is_some() || quantile {
                     out.push_str("observer = \"histogram\"\n");
                 }
                 if let Some(h) = &m.histogram {
                     if let Some(b) = buckets(h, f) {
                         let _ = writeln!(out, "buckets = {b}");
                     }
-                    native(h, f);
+                    out.push_str(&native(h, f));
                 }
             }
             Observer::Summary => {
                 let (q, w) = summary_keys(m.summary.as_ref(), f);
-                if m.observer.is_some() || q.is_some() || w.is_some() {
+                // tallyd checks `le` against the rule's own observer.
+                let le = m.labels.iter().any(|(k, _)| k == "le");
+                if m.observer.is_some() || q.is_some() || w.is_some() || le {
                     out.push_str("observer = \"summary\"\n");
                 }
                 if let Some(q) = q {

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+use saphyr::{MarkedYaml, Scalar, ScalarStyle, YamlData, YamlLoader};
 
 use super::{Findings, Kind};
 
@@ -112,46 +112,79 @@ fn line(n: &Node<'_>) -> usize {
     n.span.start.line()
 }
 
+/// Loads `text` keeping every scalar as written (Go's decoder gives a string field the text
+/// as written: `1.10` stays `1.10`, `True` stays `True`).
+pub(super) fn load(text: &str) -> Result<Vec<Node<'_>>, saphyr::ScanError> {
+    let mut parser = saphyr_parser::Parser::new_from_str(text);
+    let mut loader: YamlLoader<'_, MarkedYaml<'_>> = YamlLoader::default();
+    loader.early_parse(false);
+    parser.load(&mut loader, true)?;
+    if let Some(e) = loader.error() {
+        return Err(e.clone());
+    }
+    Ok(loader.into_documents())
+}
+
+/// A plain scalar's text (quoted ones are always strings).
+fn plain<'n>(n: &'n Node<'_>) -> Option<&'n str> {
+    match &n.data {
+        YamlData::Representation(s, ScalarStyle::Plain, None) => Some(s),
+        _ => None,
+    }
+}
+
+fn is_null(n: &Node<'_>) -> bool {
+    matches!(plain(n), Some("" | "~" | "null" | "Null" | "NULL"))
+        || matches!(n.data, YamlData::Value(Scalar::Null))
+}
+
 /// A scalar's text as Go's YAML decoder gives it to a string field.
 fn text(n: &Node<'_>) -> Option<String> {
     match &n.data {
+        _ if is_null(n) => Some(String::new()),
+        YamlData::Representation(s, ..) => Some(s.to_string()),
         YamlData::Value(Scalar::String(s)) => Some(s.to_string()),
         YamlData::Value(Scalar::Integer(i)) => Some(i.to_string()),
         YamlData::Value(Scalar::FloatingPoint(f)) => Some(f.to_string()),
         YamlData::Value(Scalar::Boolean(b)) => Some(b.to_string()),
-        YamlData::Value(Scalar::Null) => Some(String::new()),
-        YamlData::Representation(s, ..) => Some(s.to_string()),
         _ => None,
     }
 }
 
 fn number(n: &Node<'_>) -> Option<f64> {
-    match &n.data {
-        YamlData::Value(Scalar::Integer(i)) => Some(*i as f64),
-        YamlData::Value(Scalar::FloatingPoint(f)) => Some(f.into_inner()),
-        YamlData::Value(Scalar::String(s)) => s.trim().parse().ok(),
-        _ => None,
+    let s = text(n)?;
+    let s = s.trim();
+    match s.to_ascii_lowercase().as_str() {
+        ".inf" | "+.inf" => return Some(f64::INFINITY),
+        "-.inf" => return Some(f64::NEG_INFINITY),
+        ".nan" => return Some(f64::NAN),
+        _ => {}
     }
+    if let Some(h) = s.strip_prefix("0x") {
+        return i64::from_str_radix(h, 16).ok().map(|i| i as f64);
+    }
+    s.parse().ok().filter(|v: &f64| !v.is_nan() || s == "NaN")
+}
+
+fn integer(n: &Node<'_>) -> Option<i64> {
+    let s = text(n)?;
+    s.trim().parse().ok()
 }
 
 /// A bool as YAML 1.1 (Go's decoder) reads one: `true`, `yes`, `on` and their opposites.
 fn boolean(n: &Node<'_>) -> Option<bool> {
-    match &n.data {
-        YamlData::Value(Scalar::Boolean(b)) => Some(*b),
-        YamlData::Value(Scalar::String(s)) => match s.to_ascii_lowercase().as_str() {
-            "yes" | "on" | "y" | "true" => Some(true),
-            "no" | "off" | "n" | "false" => Some(false),
-            _ => None,
-        },
+    match text(n)?.to_ascii_lowercase().as_str() {
+        "yes" | "on" | "y" | "true" => Some(true),
+        "no" | "off" | "n" | "false" => Some(false),
         _ => None,
     }
 }
 
 /// A Go duration (`1h30m`, `1.5s`, `500ms`, `0`); an integer is nanoseconds, as Go decodes it.
 pub(super) fn go_duration(n: &Node<'_>) -> Option<Duration> {
-    match &n.data {
-        YamlData::Value(Scalar::Integer(i)) => u64::try_from(*i).ok().map(Duration::from_nanos),
-        _ => parse_go_duration(&text(n)?),
+    match integer(n) {
+        Some(i) => u64::try_from(i).ok().map(Duration::from_nanos),
+        None => parse_go_duration(&text(n)?),
     }
 }
 
@@ -199,7 +232,7 @@ fn entries<'n, 'a>(n: &'n Node<'a>, what: &str, f: &mut Findings) -> Vec<(String
             .filter_map(|(k, v)| match text(k) {
                 Some(key) if key == "<<" => {
                     f.push(
-                        Kind::Error,
+                        Kind::Lossy,
                         line(k),
                         "YAML merge keys (`<<`) are not read; write the keys out".into(),
                     );
@@ -216,7 +249,7 @@ fn entries<'n, 'a>(n: &'n Node<'a>, what: &str, f: &mut Findings) -> Vec<(String
                 }
             })
             .collect(),
-        YamlData::Value(Scalar::Null) => Vec::new(),
+        _ if is_null(n) => Vec::new(),
         _ => {
             f.push(Kind::Error, line(n), format!("{what} must be a mapping"));
             Vec::new()
@@ -252,10 +285,7 @@ impl Reader<'_> {
     }
 
     fn count(&mut self, n: &Node<'_>, key: &str) -> Option<u64> {
-        let v = match &n.data {
-            YamlData::Value(Scalar::Integer(i)) => u64::try_from(*i).ok(),
-            _ => None,
-        };
+        let v = integer(n).and_then(|i| u64::try_from(i).ok());
         if v.is_none() {
             self.bad(n, key, "a non-negative integer");
         }
@@ -349,7 +379,8 @@ impl Reader<'_> {
                     _ => self.unknown(v, &k, "a quantile"),
                 }
             }
-            out.push((q?, e));
+            // Go reads a missing quantile as 0 (refused later, as any quantile outside (0, 1)).
+            out.push((q.unwrap_or(0.0), e));
         }
         Some(out)
     }
@@ -391,7 +422,7 @@ impl Reader<'_> {
 
 /// Reads and checks the mapping file `text`; what is wrong goes to `f` as errors.
 pub(super) fn read(text: &str, f: &mut Findings) -> File {
-    let docs = match MarkedYaml::load_from_str(text) {
+    let docs = match load(text) {
         Ok(d) => d,
         Err(e) => {
             f.push(
@@ -444,7 +475,7 @@ pub(super) fn read(text: &str, f: &mut Findings) -> File {
             }
             "mappings" => {
                 let YamlData::Sequence(items) = &v.data else {
-                    if !matches!(v.data, YamlData::Value(Scalar::Null)) {
+                    if !is_null(v) {
                         r.bad(v, "mappings", "a list");
                     }
                     continue;

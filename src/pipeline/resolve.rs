@@ -101,12 +101,18 @@ impl Writer {
                 if name.is_empty() {
                     return refused(Refusal::InvalidMappedName, 0);
                 }
-                let labels = labels.into_iter().filter(|(_, v)| !v.is_empty());
                 if honor_labels {
                     // Later duplicates win in `render_labels`: the tags go last.
-                    tags.splice(0..0, labels);
+                    tags.splice(0..0, labels.into_iter().filter(|(_, v)| !v.is_empty()));
                 } else {
-                    tags.extend(labels);
+                    for (k, v) in labels {
+                        if v.is_empty() {
+                            // An empty label is no label, and it still overrides the tag.
+                            tags.retain(|(t, _)| *t != k);
+                        } else {
+                            tags.push((k, v));
+                        }
+                    }
                 }
                 (
                     metric_name(&name),

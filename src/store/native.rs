@@ -407,7 +407,12 @@ mod tests {
         let read = |s: &Shard| (0..len as u32).map(|i| s.load(i)).collect::<Vec<u64>>();
         let (wa, wb) = (read(&a), read(&b));
         let mut m = Merged::default();
-        merge([wa.as_slice(), wb.as_slice()].into_iter(), 3, window, &mut m);
+        merge(
+            [wa.as_slice(), wb.as_slice()].into_iter(),
+            3,
+            window,
+            &mut m,
+        );
         // 40 values over 1.1^39 = 41x cannot stay at schema 3 in 8 buckets.
         assert!(m.schema < 3, "{m:?}");
         let mut want_pos: Vec<(i64, f64)> = Vec::new();
@@ -416,7 +421,11 @@ mod tests {
             if v == 0.0 {
                 continue;
             }
-            let side = if v > 0.0 { &mut want_pos } else { &mut want_neg };
+            let side = if v > 0.0 {
+                &mut want_pos
+            } else {
+                &mut want_neg
+            };
             let i = index(v.abs(), m.schema);
             match side.iter_mut().find(|p| p.0 == i) {
                 Some(p) => p.1 += w,
