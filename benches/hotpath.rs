@@ -9,6 +9,10 @@
 //! under a counting allocator: the bench prints the allocations per line of that second pass,
 //! which must be zero ("no allocation per line once a series exists").
 //!
+//! `histograms_1k`: 1k timer series observed at values over four decades, into a classic, a
+//! native and a both histogram (`[defaults] histograms`), in the same run: what a native
+//! observation costs over a classic one.
+//!
 //! `cargo bench --bench hotpath -- --warm-up-time 1 --measurement-time 3`
 #![allow(unsafe_code)] // a counting global allocator; each block says why it holds
 
@@ -65,6 +69,9 @@ fn skipped(name: &str) -> bool {
         "baseline_memchr_split",
         "baseline_split_f64",
         "tallyd_ingest",
+        "classic",
+        "native",
+        "both",
     ]
     .iter()
     .any(|b| re.is_match(&format!("hotpath/{name}/{b}")))
@@ -98,7 +105,36 @@ fn case(c: &mut Criterion, name: &str, lines: &[String], packed: usize) {
     g.finish();
 }
 
+/// The same timer lines into classic, native and both histograms.
+fn histograms(c: &mut Criterion) {
+    let name = "histograms_1k";
+    if skipped(name) {
+        return;
+    }
+    // Values 1 ms to 10 s, spread log-uniformly, so native buckets move and fill.
+    let lines: Vec<String> = (0..200_000u64)
+        .map(|i| {
+            let v = 10f64.powf((i * 7919 % 4000) as f64 / 1000.0);
+            format!("app.timer.{}:{v:.3}|ms", i % 1000)
+        })
+        .collect();
+    let datagrams = common::pack(&lines, 1432);
+    let n = common::count_lines(&datagrams);
+    let mut g = c.benchmark_group(format!("hotpath/{name}"));
+    g.throughput(Throughput::Elements(n));
+    for kind in ["classic", "native", "both"] {
+        let (store, live) = common::store_with(&format!("[defaults]\nhistograms = \"{kind}\"\n"));
+        let mut w = Writer::new(&store, live);
+        common::feed(&mut w, &datagrams);
+        g.bench_function(kind, |b| {
+            b.iter(|| common::feed(&mut w, black_box(&datagrams)))
+        });
+    }
+    g.finish();
+}
+
 fn hotpath(c: &mut Criterion) {
+    histograms(c);
     let counters_1k = common::counter_lines(1_000, 200_000, 2);
     case(c, "counters_1k", &counters_1k, 1432);
     case(c, "counters_oneline_1k", &counters_1k, 0);

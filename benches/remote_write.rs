@@ -81,10 +81,16 @@ fn bench(c: &mut Criterion) {
     g.bench_function("scrape", |b| {
         b.iter(|| {
             let mut bytes = 0usize;
-            export::render_chunks(&store, &telemetry, WINDOW, |chunk| {
-                bytes += black_box(chunk).len();
-                true
-            });
+            export::render_chunks(
+                &store,
+                &telemetry,
+                WINDOW,
+                tallyd::export::Format::Text,
+                |chunk| {
+                    bytes += black_box(chunk).len();
+                    true
+                },
+            );
             bytes
         })
     });

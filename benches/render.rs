@@ -10,7 +10,8 @@
 //!   counts bytes (chunks of `CHUNK_SERIES` series, the registry lock taken per chunk, then
 //!   tallyd's own metrics);
 //! - `stream_gzip_fast`: the same into a `flate2` gzip encoder at level fast, flushed per
-//!   chunk as the handler does when the client sends `Accept-Encoding: gzip`.
+//!   chunk as the handler does when the client sends `Accept-Encoding: gzip`;
+//! - `stream_openmetrics`, `stream_protobuf`: `stream` in the other two formats.
 //!
 //! Before measuring, each size prints the peak heap growth during one streamed scrape and
 //! during one whole-string render (a counting allocator), to show the streamed path's memory
@@ -25,7 +26,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tallyd::export::{self, TextState, TextVisitor};
+use tallyd::export::{self, Format, TextState, TextVisitor};
 use tallyd::pipeline::Writer;
 use tallyd::telemetry::Telemetry;
 
@@ -61,17 +62,29 @@ fn render(c: &mut Criterion) {
         let text_lines: Vec<String> = out.lines().map(|l| format!("{l}\n")).collect();
         let mut bytes = 0usize;
         let stream_peak = peak_growth(|| {
-            export::render_chunks(&store, &telemetry, window, |chunk| {
+            export::render_chunks(&store, &telemetry, window, Format::Text, |chunk| {
                 bytes += chunk.len();
                 true
             })
         });
+        for format in [Format::OpenMetrics, Format::Protobuf] {
+            let mut fbytes = 0usize;
+            let peak = peak_growth(|| {
+                export::render_chunks(&store, &telemetry, window, format, |chunk| {
+                    fbytes += chunk.len();
+                    true
+                })
+            });
+            eprintln!(
+                "render {n} {format:?}: {fbytes} bytes; peak heap growth, streamed: {peak} B"
+            );
+        }
         let string_peak = peak_growth(|| {
             black_box(export::render(&store, &telemetry, window));
         });
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        export::render_chunks(&store, &telemetry, window, |chunk| {
-            enc.write_all(chunk.as_bytes()).is_ok()
+        export::render_chunks(&store, &telemetry, window, Format::Text, |chunk| {
+            enc.write_all(chunk).is_ok()
         });
         let gz = enc.finish().map_or(0, |v| v.len());
         eprintln!(
@@ -108,23 +121,29 @@ fn render(c: &mut Criterion) {
                 black_box(out.len())
             })
         });
-        g.bench_function("stream", |b| {
-            b.iter(|| {
-                let mut bytes = 0usize;
-                export::render_chunks(&store, &telemetry, window, |chunk| {
-                    bytes += black_box(chunk).len();
-                    true
-                });
-                bytes
-            })
-        });
+        for (name, format) in [
+            ("stream", Format::Text),
+            ("stream_openmetrics", Format::OpenMetrics),
+            ("stream_protobuf", Format::Protobuf),
+        ] {
+            g.bench_function(name, |b| {
+                b.iter(|| {
+                    let mut bytes = 0usize;
+                    export::render_chunks(&store, &telemetry, window, format, |chunk| {
+                        bytes += black_box(chunk).len();
+                        true
+                    });
+                    bytes
+                })
+            });
+        }
         g.bench_function("stream_gzip_fast", |b| {
             b.iter(|| {
                 let mut enc =
                     flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 let mut sent = 0usize;
-                export::render_chunks(&store, &telemetry, window, |chunk| {
-                    let _ = enc.write_all(chunk.as_bytes());
+                export::render_chunks(&store, &telemetry, window, Format::Text, |chunk| {
+                    let _ = enc.write_all(chunk);
                     let _ = enc.flush();
                     sent += std::mem::take(enc.get_mut()).len();
                     true

@@ -72,10 +72,16 @@ fn shapes(c: &mut Criterion) {
         g.bench_function("scrape", |b| {
             b.iter(|| {
                 let mut bytes = 0usize;
-                export::render_chunks(&store, &telemetry, window, |chunk| {
-                    bytes += black_box(chunk).len();
-                    true
-                });
+                export::render_chunks(
+                    &store,
+                    &telemetry,
+                    window,
+                    tallyd::export::Format::Text,
+                    |chunk| {
+                        bytes += black_box(chunk).len();
+                        true
+                    },
+                );
                 bytes
             })
         });

@@ -207,10 +207,16 @@ fn streamed_exposition_names_every_sample_across_chunk_ends() {
     }
     let telemetry = tallyd::telemetry::Telemetry::new();
     let mut text = String::new();
-    tallyd::export::render_chunks(&store, &telemetry, Duration::from_secs(60), |c| {
-        text.push_str(c);
-        true
-    });
+    tallyd::export::render_chunks(
+        &store,
+        &telemetry,
+        Duration::from_secs(60),
+        tallyd::export::Format::Text,
+        |c| {
+            text.push_str(std::str::from_utf8(c).unwrap());
+            true
+        },
+    );
     let mut typed = None;
     let mut samples = 0;
     for line in text.lines() {

@@ -163,8 +163,12 @@ pub fn split_f64(datagram: &[u8]) -> f64 {
 
 /// A store and live config for benches: defaults, with room for `max_series` series.
 pub fn store(max_series: usize) -> (Arc<Store>, Arc<Live>) {
-    let toml = format!("[limits]\nmax_series = {max_series}\n");
-    let snap = Snapshot::from_toml(&toml).expect("valid bench config");
+    store_with(&format!("[limits]\nmax_series = {max_series}\n"))
+}
+
+/// A store and a live config from `toml`.
+pub fn store_with(toml: &str) -> (Arc<Store>, Arc<Live>) {
+    let snap = Snapshot::from_toml(toml).expect("valid bench config");
     let live = Live::new(snap, None, None);
     let store = Store::new(Arc::new(MonotonicClock::default()), Vec::new());
     (store, live)

@@ -332,6 +332,10 @@ impl Visitor for ProtoVisitor {
         }
         f.metric.push(m);
     }
+
+    fn native(&self) -> bool {
+        true
+    }
 }
 
 /// tallyd's own metrics (the `prometheus` crate's gathered families) in the client model.

@@ -66,6 +66,11 @@ pub trait Visitor {
     ) -> bool;
     /// One series of the current family; `labels` is rendered `k="v",...` without braces.
     fn series(&mut self, labels: &str, values: Values<'_>);
+    /// Whether the visitor writes native histograms; when not, a histogram's native part is
+    /// not read (a text scrape reads only the classic words).
+    fn native(&self) -> bool {
+        false
+    }
 }
 
 impl Store {
@@ -101,6 +106,7 @@ impl Store {
         let mut words = Vec::new();
         let mut buckets = Vec::new();
         let mut merged = native::Merged::default();
+        let want_native = v.native();
         let mut left = budget;
         for &fid in cat.ordered_from(cursor.family.as_deref()) {
             let (name, fam) = (cat.name(fid), cat.family(fid));
@@ -129,7 +135,7 @@ impl Store {
                         half,
                         &mut words,
                         &mut buckets,
-                        &mut merged,
+                        want_native.then_some(&mut merged),
                     );
                     v.series(cat.labels(id), values);
                 }
@@ -158,7 +164,7 @@ fn read_series<'a>(
     half: u64,
     words: &mut Vec<u64>,
     buckets: &'a mut Vec<f64>,
-    merged: &'a mut native::Merged,
+    merged: Option<&'a mut native::Merged>,
 ) -> Values<'a> {
     let o = meta.offset;
     match meta.layout {
@@ -203,8 +209,11 @@ fn read_series<'a>(
         Layout::Native(n, schema, window) => {
             let nu = n as usize;
             // After the seq word: count, sum, classic buckets, stamp, then the native part;
-            // every shard's copy side by side.
-            let len = meta.layout.words() as usize - 1;
+            // every shard's copy side by side. Without a native reader, the classic part only.
+            let len = match &merged {
+                Some(_) => meta.layout.words() as usize - 1,
+                None => 2 + nu,
+            };
             words.resize(len * shards.len(), 0);
             buckets.clear();
             buckets.resize(nu, 0.0);
@@ -217,21 +226,23 @@ fn read_series<'a>(
                     *b += f64::from_bits(*w);
                 }
             }
-            let h = 3 + nu;
-            native::merge(words.chunks(len).map(|p| &p[h..]), schema, window, merged);
             let b = fam.buckets();
             let (bounds, zero) = b.split_at(nu.min(b.len()));
+            let zero = zero
+                .first()
+                .copied()
+                .unwrap_or(native::DEFAULT_ZERO_THRESHOLD);
+            let native = merged.map(|m| {
+                let h = 3 + nu;
+                native::merge(words.chunks(len).map(|p| &p[h..]), schema, window, m);
+                (&*m, zero)
+            });
             Values::Histogram {
                 bounds,
                 buckets,
                 count,
                 sum,
-                native: Some((
-                    merged,
-                    zero.first()
-                        .copied()
-                        .unwrap_or(native::DEFAULT_ZERO_THRESHOLD),
-                )),
+                native,
             }
         }
         Layout::Summary(_) => {
