@@ -18,10 +18,15 @@ const PROTOBUF: &str = "application/vnd.google.protobuf;proto=io.prometheus.clie
 
 /// `GET /metrics` with `accept`: the content type and the (de-chunked) body.
 fn get(addr: SocketAddr, accept: &str) -> (String, Vec<u8>) {
+    get_with(addr, accept, "")
+}
+
+/// `GET /metrics` with `accept` and `more` headers (each ending in CRLF).
+fn get_with(addr: SocketAddr, accept: &str, more: &str) -> (String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "GET /metrics HTTP/1.1\r\nHost: t\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nAccept: {accept}\r\n{more}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();
@@ -201,10 +206,18 @@ async fn protobuf_carries_every_value_of_the_text_format() {
         "StatsD counter (c), summed by tallyd; named by mapping rule 1 (match = \"api.*.requests\")."
     );
     assert!(families.iter().any(|f| f.name() == "tallyd_scrapes_total"));
+    // Gzip applies to protobuf as to text: the same messages once decompressed.
+    let (_, gz) = get_with(t.http, PROTOBUF, "Accept-Encoding: gzip\r\n");
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(gz.as_slice())
+        .read_to_end(&mut raw)
+        .unwrap();
+    let (_, gz_lines) = proto_samples(&raw);
+    assert_eq!(gz_lines[..want.len()], lines[..want.len()]);
     let after = scrape_text(t.http).await;
     assert_eq!(
         value(&after, r#"tallyd_scrapes_total{format="protobuf"}"#),
-        Some(1.0)
+        Some(2.0)
     );
     t.stop().await;
 }

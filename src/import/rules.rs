@@ -302,6 +302,9 @@ pub(super) fn mappings(file: &File, source: &str, f: &mut Findings, out: &mut St
         }
     }
     prefix_defect(&globs, f);
+    if !file.defaults.glob_disable_ordering {
+        duplicate_defect(&globs, f);
+    }
     if file.defaults.glob_disable_ordering {
         ordering_defect(&globs, f);
         // Most specific first: at the first segment where two globs differ in kind, the
@@ -390,6 +393,48 @@ fn check(m: &yaml::Mapping, d: &yaml::Defaults, regex: bool, c: &Checks, f: &mut
         _ => {}
     }
     f.errors() == before
+}
+
+/// Whether some name can match both globs: as many segments, each pair equal or one a `*`.
+fn overlap(a: &[&str], b: &[&str]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x == y || *x == "*" || *y == "*")
+}
+
+/// Warns of a glob written twice: statsd_exporter's matcher gives the first copy the second's
+/// place in the file, so a rule between them wins the names both match.
+fn duplicate_defect(globs: &[Rule<'_>], f: &mut Findings) {
+    for (j, dup) in globs.iter().enumerate() {
+        let Some(i) = globs[..j]
+            .iter()
+            .position(|e| e.segs == dup.segs && e.shares_root(dup))
+        else {
+            continue;
+        };
+        let first = &globs[i];
+        if let Some(between) = globs[i + 1..j]
+            .iter()
+            .find(|k| overlap(&k.segs, &first.segs) && k.shares_root(first))
+        {
+            f.push(
+                Kind::Warning,
+                dup.m.line_of("match"),
+                format!(
+                    "`{}` is written twice (lines {} and {}): statsd_exporter then gives the \
+                     first the second's place, so `{}` (line {}) wins the names both match. \
+                     tallyd keeps the file's order: the first `{}` wins them.",
+                    dup.m.matcher,
+                    first.m.line_of("match"),
+                    dup.m.line_of("match"),
+                    between.m.matcher,
+                    between.m.line_of("match"),
+                    first.m.matcher,
+                ),
+            );
+        }
+    }
 }
 
 /// Warns of each glob that statsd_exporter never matches because it is a segment-prefix of an
@@ -546,6 +591,16 @@ fn template(
     };
     if !r.regex {
         let stars = r.segs.iter().filter(|s| **s == "*").count();
+        if t.contains('%') && c.template.is_match(t) {
+            f.push(
+                Kind::Warning,
+                at,
+                format!(
+                    "{t:?}: statsd_exporter's glob formatter mangles a `%` beside a reference \
+                     (`%!` output); tallyd writes it as it is"
+                ),
+            );
+        }
         let mut last = 0;
         for cap in c.template.captures_iter(t) {
             let whole = cap.get(0).expect("match");
