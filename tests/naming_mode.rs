@@ -4,6 +4,7 @@
 //! naming, in the same test, so the difference is what is asserted.
 
 mod common;
+mod exposition;
 
 use std::net::UdpSocket;
 
@@ -201,33 +202,9 @@ async fn promtool_flags_only_the_counters_without_total() {
     }
     let text = wait_for(t.http, &[("hits", 1.0), ("done_total", 1.0), ("temp", 3.0)]).await;
     t.stop().await;
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            skip_or_fail("promtool's lint of statsd_exporter's names: promtool is not on PATH");
-            return;
-        }
-        Err(e) => panic!("cannot run promtool: {e}"),
+    let Some((_, report)) = exposition::promtool(&text) else {
+        return;
     };
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
     let lines: Vec<&str> = report.lines().collect();
     assert_eq!(
         lines,

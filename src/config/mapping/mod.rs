@@ -69,14 +69,14 @@ pub struct MappingRule {
     /// `scale = 1000` keeps milliseconds), as statsd_exporter applies it.
     #[serde(default)]
     pub scale: Option<f64>,
-    /// For observers: `histogram` (default) or `summary`.
+    /// For observers: `histogram` or `summary`. Default: `[defaults] observer`.
     #[serde(default)]
     pub observer: Option<ObserverKind>,
-    /// Summary quantiles, each in (0, 1). Default `[0.5, 0.9, 0.99]`.
+    /// Summary quantiles, each in (0, 1). Default: `[defaults] quantiles`.
     #[serde(default, deserialize_with = "opt_quantiles")]
     pub quantiles: Option<Vec<f64>>,
     /// Summary window: quantiles cover the observations of between half of it and all of it.
-    /// Default `"10m"`.
+    /// Default: `[defaults] window`.
     #[serde(default, deserialize_with = "opt_duration")]
     pub window: Option<Duration>,
     /// Tags win over this rule's `labels` of the same name (by default the rule's win).
