@@ -2,7 +2,7 @@
 //!
 //! - this module: a scrape's flow: the store walked in chunks ([`crate::store::read`]), each
 //!   chunk rendered and handed to the response body as it is made, then tallyd's own metrics;
-//! - [`format`]: which format a scrape gets, from its `Accept` header;
+//! - [`format`](mod@format): which format a scrape gets, from its `Accept` header;
 //! - [`text`]: the Prometheus text format 0.0.4 and OpenMetrics text 1.0.0, and the state
 //!   they keep across chunks;
 //! - [`proto`]: the protobuf format (the Prometheus client model, delimited);
