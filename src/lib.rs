@@ -10,9 +10,11 @@
 //! - [`naming`]: Prometheus naming: sanitising, `_total`, suffixes, reserved names,
 //!   collisions; shared by the pipeline (refusals) and the export.
 //! - [`store`]: the series registry, per-worker cache-padded shards, expiry, limits, the
-//!   chunked read a scrape walks, the census of families the status page reads.
-//! - [`export`]: the exposition (text 0.0.4) rendered chunk by chunk, the status page and its
-//!   JSON, and the HTTP endpoint.
+//!   chunked read a scrape walks, the census of families the status page reads; summaries'
+//!   sketches and native histograms' exponential buckets in the shards' words.
+//! - [`export`]: the exposition rendered chunk by chunk in the format the scraper's `Accept`
+//!   asks for (text 0.0.4, OpenMetrics 1.0.0, protobuf), the status page and its JSON, and
+//!   the HTTP endpoint.
 //! - [`config`]: the TOML file's types and validation, mapping rules, the live (arc-swap)
 //!   handle, the file watcher.
 //! - [`daemon`]: lifecycle (start, serve, stop), control (reloads, signals, watchdog), systemd
@@ -48,8 +50,9 @@
 //! 2. [`export`]: the render walks the store in chunks ([`store::read`]): for each chunk the
 //!    registry lock is held while at most `export::CHUNK_SERIES` series are read, each one's
 //!    words summed across the shards.
-//! 3. [`export::text`]: each series is written in the text format; the visitor's own state
-//!    tells whether a family's header is already out.
+//! 3. [`export::text`] or [`export::proto`]: each series is written in the negotiated format
+//!    ([`export::format`]); the visitor's own state tells whether a family's header is
+//!    already out.
 //! 4. [`export`]: tallyd's own metrics ([`telemetry`]) follow the StatsD families.
 // The rest of the lint header (`unsafe_code` denied but where a module allows it, every
 // `unsafe` block documented) is in Cargo.toml's `[lints]`, for every target.
