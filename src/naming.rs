@@ -65,8 +65,16 @@ pub fn collides(
 
 /// True if a family `name` of `kind` would write a sample under a reserved name: one of
 /// tallyd's own metrics (`reserved`, and anything starting with [`RESERVED_PREFIX`]).
+///
+/// A name is also reserved when it differs from a reserved one only by `_total`: OpenMetrics
+/// names a counter's family without it, so `process_threads_total` (a counter) would take the
+/// family name of tallyd's gauge `process_threads`.
 pub fn is_reserved(name: &str, kind: FamilyKind, reserved: &[impl AsRef<str>]) -> bool {
-    let hit = |n: &str| n.starts_with(RESERVED_PREFIX) || reserved.iter().any(|r| r.as_ref() == n);
+    let exact =
+        |n: &str| n.starts_with(RESERVED_PREFIX) || reserved.iter().any(|r| r.as_ref() == n);
+    let hit = |n: &str| {
+        exact(n) || exact(&format!("{n}_total")) || n.strip_suffix("_total").is_some_and(exact)
+    };
     hit(name) || kind.suffixes().iter().any(|s| hit(&format!("{name}{s}")))
 }
 

@@ -980,6 +980,28 @@ impl Config {
                 "must be at least 1s".into(),
             );
         }
+        let d = &self.defaults;
+        for (key, bad) in [
+            (
+                "native_bucket_factor",
+                mapping::check_native(Some(d.native_bucket_factor), None).err(),
+            ),
+            (
+                "native_max_buckets",
+                mapping::check_native(None, Some(d.native_max_buckets)).err(),
+            ),
+        ] {
+            if let Some(m) = bad {
+                err(&[Key("defaults"), Key(key)], m);
+            }
+        }
+        let z = d.native_zero_threshold;
+        if !(z.is_finite() && z >= 0.0) {
+            err(
+                &[Key("defaults"), Key("native_zero_threshold")],
+                "must be a finite number, at least 0".into(),
+            );
+        }
         if self
             .defaults
             .window

@@ -82,9 +82,11 @@ pub fn negotiate(accept: Option<&str>, openmetrics: bool) -> Format {
         let q = range
             .split(';')
             .skip(1)
-            .filter_map(|p| p.trim().strip_prefix("q="))
-            .find_map(|q| q.trim().parse::<f64>().ok())
-            .unwrap_or(1.0);
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .and_then(|(_, q)| q.trim().parse::<f64>().ok())
+            .filter(|q| q.is_finite())
+            .map_or(1.0, |q| q.clamp(0.0, 1.0));
         if q > 0.0 && best.is_none_or(|(b, _)| q > b) {
             best = Some((q, format));
         }
@@ -118,6 +120,13 @@ mod tests {
         assert_eq!(
             negotiate(
                 Some("application/openmetrics-text;q=0,text/plain;q=0.1"),
+                true
+            ),
+            Format::Text
+        );
+        assert_eq!(
+            negotiate(
+                Some("application/openmetrics-text;Q=0.1,text/plain;q=0.2"),
                 true
             ),
             Format::Text

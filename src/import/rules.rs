@@ -760,7 +760,16 @@ fn rule(r: &Rule<'_>, file: &File, c: &Checks, source: &str, f: &mut Findings, o
         let _ = writeln!(out, "ttl = {}", ttl_value(ttl, m.line_of("ttl"), f));
     }
     if let Some(s) = m.scale {
-        if s.is_finite() && s != 0.0 {
+        if s < 0.0 && matches!(m.metric_type, None | Some(MetricType::Counter)) {
+            f.push(
+                Kind::Lossy,
+                m.line_of("scale"),
+                format!(
+                    "scale {s}: a negative scale would make counters go down (statsd_exporter's \
+                     client refuses that); left out"
+                ),
+            );
+        } else if s.is_finite() && s != 0.0 {
             let _ = writeln!(out, "scale = {}", float(s));
         } else {
             f.push(

@@ -14,9 +14,11 @@ use crate::sync::{AtomicU64, OnceBox, Ordering, fence, load_own};
 /// Words per segment (512 KiB).
 #[cfg(not(loom))]
 pub const SEG_WORDS: u32 = 1 << 16;
-/// Segments per shard: 64 Mi words, 512 MiB, far beyond `max_series` of any layout.
+/// Segments per shard: 512 Mi words (4 GiB of address space, allocated only where written):
+/// `max_series` of the largest layouts (1.7M native histograms at the default 307 words, 1M
+/// summaries) before the words run out.
 #[cfg(not(loom))]
-pub const MAX_SEGS: usize = 1024;
+pub const MAX_SEGS: usize = 8192;
 /// Under loom: tiny segments, so models stay small.
 #[cfg(loom)]
 pub const SEG_WORDS: u32 = 32;

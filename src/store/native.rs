@@ -9,11 +9,16 @@
 //! at a scrape and how a shard makes room.
 //!
 //! Memory is bounded: each shard keeps a window of `window` consecutive positive buckets and
-//! `window / 8` (at least 2) negative ones, each from a moving base. A value outside its window
+//! `window / 8` (at least 8) negative ones, each from a moving base. A value outside its window
 //! first moves the window, if the populated buckets and the new one fit; otherwise the schema
 //! drops by one (halving the span) until they do. So at most `window` positive buckets are
 //! ever populated, which is statsd_exporter's "max buckets" knob, and the resolution only drops
-//! when the data spans more than that.
+//! when the data spans more than that. Both signs share one schema (Prometheus's model), so
+//! negative values spread over more than their smaller window lower the resolution of the
+//! positive buckets too; the schema never rises again for the life of the series. At the
+//! lowest schema (-4) a value still outside its window is counted in the window's edge bucket
+//! (its count and sum stay exact): 8 buckets span a factor of 2^128 there, so it takes values
+//! of one sign more than 38 decades apart.
 //!
 //! Words from the native header `h` (after the classic part): `[schema, zero_count,
 //! positive_base, negative_base, positive * window, negative * window/8]`. The schema word is
@@ -44,7 +49,7 @@ pub fn schema_for(factor: f64) -> i8 {
 
 /// Negative buckets kept per shard for a positive window of `window`.
 pub fn negative_window(window: u16) -> u32 {
-    (u32::from(window) / 8).max(2)
+    (u32::from(window) / 8).max(8)
 }
 
 /// Words of the native part of a series with a positive window of `window`.
@@ -224,8 +229,8 @@ pub(crate) fn observe(shard: &Shard, h: u32, initial: i8, window: u16, zero: f64
             continue;
         }
         if schema == MIN_SCHEMA {
-            // Cannot happen for finite values (256 buckets at schema -4 span 2^4096); keep
-            // the count in the nearest bucket rather than lose it.
+            // Values of one sign more than the window's span apart even at the widest
+            // buckets (module docs): keep the weight in the nearest bucket rather than lose it.
             let k = win.first + if i < base { 0 } else { win.len - 1 };
             store_f64(shard, k, load_f64(shard, k) + w);
             return;

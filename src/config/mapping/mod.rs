@@ -573,6 +573,16 @@ impl Mapper {
                 {
                     return Err(err("scale", "must be a finite, non-zero number".into()));
                 }
+                if r.scale.is_some_and(|s| s < 0.0)
+                    && matches!(r.kind, None | Some(RuleKind::Counter))
+                {
+                    return Err(err(
+                        "scale",
+                        "a negative scale would make counters go down; give the rule a `type` \
+                         other than counter"
+                            .into(),
+                    ));
+                }
                 check_native(r.native_bucket_factor, r.native_max_buckets).map_err(|m| {
                     err(
                         if m.contains("factor") {
