@@ -9,6 +9,9 @@
 //! under a counting allocator: the bench prints the allocations per line of that second pass,
 //! which must be zero ("no allocation per line once a series exists").
 //!
+//! `mixed_1k_classic`, `mixed_100k_classic`: the mixed cases with `[defaults] histograms = "classic"`, to show what the
+//! default native histograms cost that corpus.
+//!
 //! `histograms_1k`: 1k timer series observed at values over four decades, into a classic, a
 //! native and a both histogram (`[defaults] histograms`), in the same run: what a native
 //! observation costs over a classic one.
@@ -78,12 +81,17 @@ fn skipped(name: &str) -> bool {
 }
 
 fn case(c: &mut Criterion, name: &str, lines: &[String], packed: usize) {
+    case_with(c, name, lines, packed, "");
+}
+
+/// [`case`] on a config with `extra` TOML.
+fn case_with(c: &mut Criterion, name: &str, lines: &[String], packed: usize, extra: &str) {
     if skipped(name) {
         return;
     }
     let datagrams = common::pack(lines, packed);
     let n = common::count_lines(&datagrams);
-    let (store, live) = common::store(2_000_000);
+    let (store, live) = common::store_with(&format!("[limits]\nmax_series = 2000000\n{extra}"));
     let mut w = Writer::new(&store, live);
     common::feed(&mut w, &datagrams);
     let before = ALLOCS.load(Ordering::Relaxed);
@@ -145,12 +153,25 @@ fn hotpath(c: &mut Criterion) {
         &common::counter_lines(100_000, 1_000_000, 2),
         1432,
     );
-    case(c, "mixed_1k", &common::mixed_lines(1_000, 200_000), 1432);
-    case(
+    let mixed_1k = common::mixed_lines(1_000, 200_000);
+    case(c, "mixed_1k", &mixed_1k, 1432);
+    // The same corpus with classic histograms only, in the same run.
+    case_with(
         c,
-        "mixed_100k",
-        &common::mixed_lines(100_000, 1_000_000),
+        "mixed_1k_classic",
+        &mixed_1k,
         1432,
+        "[defaults]\nhistograms = \"classic\"\n",
+    );
+    drop(mixed_1k);
+    let mixed_100k = common::mixed_lines(100_000, 1_000_000);
+    case(c, "mixed_100k", &mixed_100k, 1432);
+    case_with(
+        c,
+        "mixed_100k_classic",
+        &mixed_100k,
+        1432,
+        "[defaults]\nhistograms = \"classic\"\n",
     );
 }
 
