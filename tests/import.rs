@@ -384,6 +384,9 @@ fn every_flag_translates() {
     let (code, _, err) = import(&["--", "--statsd.bogus=1"]);
     assert_eq!(code, 1);
     assert!(err.contains("unknown long flag '--statsd.bogus'"), "{err}");
+    let (code, _, err) = import(&["--", "--log.level=debug", "--log.level", "info"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("flag 'log.level' cannot be repeated"), "{err}");
     // statsd_exporter's native histogram options become tallyd's; a factor of 1 turns them
     // off; without a mapping file statsd_exporter has none.
     let native = dir.path().join("native.yml");

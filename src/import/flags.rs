@@ -99,7 +99,15 @@ impl Flags {
                     continue;
                 }
             };
-            set.retain(|(k, _)| *k != flag);
+            if set.iter().any(|(k, _)| *k == flag) {
+                // As kingpin refuses it: none of statsd_exporter's flags repeats.
+                f.push_at(
+                    Kind::Error,
+                    arg,
+                    format!("flag '{flag}' cannot be repeated"),
+                );
+                continue;
+            }
             set.push((flag, value));
         }
         Self { set }
