@@ -38,19 +38,7 @@ fn get_with(addr: SocketAddr, accept: &str, more: &str) -> (String, Vec<u8>) {
         .find_map(|l| l.strip_prefix("content-type: "))
         .unwrap_or_default()
         .to_string();
-    // De-chunk as bytes (the protobuf body is binary).
-    let mut body = &raw[at + 4..];
-    let mut out = Vec::new();
-    loop {
-        let eol = body.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&body[..eol]).unwrap(), 16).unwrap();
-        body = &body[eol + 2..];
-        if size == 0 {
-            break;
-        }
-        out.extend_from_slice(&body[..size]);
-        body = &body[size + 2..];
-    }
+    let out = dechunk_bytes(&raw[at + 4..]);
     (ctype, out)
 }
 

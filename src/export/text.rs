@@ -71,6 +71,19 @@ pub fn unit_of(name: &str) -> Option<&'static str> {
     })
 }
 
+/// Writes a HELP text escaped: `\\` and newlines in both text formats, `"` too in
+/// OpenMetrics (`quote`).
+fn escape_help(out: &mut String, help: &str, quote: bool) {
+    for c in help.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if quote => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+}
+
 /// Writes OpenMetrics descriptors: `# TYPE`, `# UNIT` when the name has one, `# HELP`.
 pub fn openmetrics_header(out: &mut String, family: &str, type_name: &str, help: &str) {
     out.push_str("# TYPE ");
@@ -90,14 +103,7 @@ pub fn openmetrics_header(out: &mut String, family: &str, type_name: &str, help:
     out.push_str("# HELP ");
     out.push_str(family);
     out.push(' ');
-    for c in help.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '"' => out.push_str("\\\""),
-            c => out.push(c),
-        }
-    }
+    escape_help(out, help, true);
     out.push('\n');
 }
 
@@ -107,20 +113,20 @@ impl<'a> TextVisitor<'a> {
         Self { out, state }
     }
 
-    fn sample(&mut self, suffix: &str, labels: &str, extra: Option<(&str, &str)>, v: f64) {
+    fn sample(&mut self, suffix: &str, labels: &str, extra: Option<(&str, f64)>, v: f64) {
         let out = &mut *self.out;
         out.push_str(&self.state.family);
         out.push_str(suffix);
         if !labels.is_empty() || extra.is_some() {
             out.push('{');
             out.push_str(labels);
-            if let Some((k, val)) = extra {
+            if let Some((k, x)) = extra {
                 if !labels.is_empty() {
                     out.push(',');
                 }
                 out.push_str(k);
                 out.push_str("=\"");
-                out.push_str(val);
+                fmt_value(out, x);
                 out.push('"');
             }
             out.push('}');
@@ -161,13 +167,7 @@ impl Visitor for TextVisitor<'_> {
         out.push_str("# HELP ");
         out.push_str(name);
         out.push(' ');
-        for c in help.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
+        escape_help(out, help, false);
         out.push_str("\n# TYPE ");
         out.push_str(name);
         out.push(' ');
@@ -177,43 +177,7 @@ impl Visitor for TextVisitor<'_> {
     }
 
     fn series(&mut self, labels: &str, values: Values<'_>) {
-        match values {
-            Values::Counter(v) | Values::Gauge(v) => self.sample("", labels, None, v),
-            Values::Histogram {
-                bounds,
-                buckets,
-                count,
-                sum,
-                ..
-            } => {
-                let mut cum = 0.0;
-                let mut le = String::new();
-                for (b, w) in bounds.iter().zip(buckets) {
-                    cum += w;
-                    le.clear();
-                    fmt_value(&mut le, *b);
-                    self.sample("_bucket", labels, Some(("le", &le)), cum);
-                }
-                self.sample("_bucket", labels, Some(("le", "+Inf")), count);
-                self.sample("_sum", labels, None, sum);
-                self.sample("_count", labels, None, count);
-            }
-            Values::Summary {
-                quantiles,
-                values,
-                count,
-                sum,
-            } => {
-                let mut q = String::new();
-                for (quantile, v) in quantiles.iter().zip(values) {
-                    q.clear();
-                    fmt_value(&mut q, *quantile);
-                    self.sample("", labels, Some(("quantile", &q)), *v);
-                }
-                self.sample("_sum", labels, None, sum);
-                self.sample("_count", labels, None, count);
-            }
-        }
+        values.samples(|suffix, extra, v| self.sample(suffix, labels, extra, v));
     }
 }
 

@@ -232,37 +232,7 @@ impl Visitor for Batcher<'_> {
 
     fn series(&mut self, labels: &str, values: Values<'_>) {
         let base = self.base(labels);
-        match values {
-            Values::Counter(v) | Values::Gauge(v) => self.push("", &base, None, v),
-            Values::Histogram {
-                bounds,
-                buckets,
-                count,
-                sum,
-                ..
-            } => {
-                let mut cum = 0.0;
-                for (b, w) in bounds.iter().zip(buckets) {
-                    cum += w;
-                    self.push("_bucket", &base, Some(("le", *b)), cum);
-                }
-                self.push("_bucket", &base, Some(("le", f64::INFINITY)), count);
-                self.push("_sum", &base, None, sum);
-                self.push("_count", &base, None, count);
-            }
-            Values::Summary {
-                quantiles,
-                values,
-                count,
-                sum,
-            } => {
-                for (q, v) in quantiles.iter().zip(values) {
-                    self.push("", &base, Some(("quantile", *q)), *v);
-                }
-                self.push("_sum", &base, None, sum);
-                self.push("_count", &base, None, count);
-            }
-        }
+        values.samples(|suffix, extra, v| self.push(suffix, &base, extra, v));
     }
 }
 

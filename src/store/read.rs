@@ -48,6 +48,46 @@ pub enum Values<'a> {
     },
 }
 
+impl Values<'_> {
+    /// The series' samples as the text exposition lists them: the name suffix, the extra label
+    /// (`le` with a bound, `quantile` with a quantile) and the value. Cumulative buckets, the
+    /// `+Inf` bucket, then `_sum` and `_count`; a summary's quantiles, then the same. Every
+    /// exposition of classic samples (text, OpenMetrics, remote write) walks this.
+    pub fn samples(&self, mut f: impl FnMut(&'static str, Option<(&'static str, f64)>, f64)) {
+        match self {
+            Values::Counter(v) | Values::Gauge(v) => f("", None, *v),
+            Values::Histogram {
+                bounds,
+                buckets,
+                count,
+                sum,
+                ..
+            } => {
+                let mut cum = 0.0;
+                for (b, w) in bounds.iter().zip(buckets.iter()) {
+                    cum += w;
+                    f("_bucket", Some(("le", *b)), cum);
+                }
+                f("_bucket", Some(("le", f64::INFINITY)), *count);
+                f("_sum", None, *sum);
+                f("_count", None, *count);
+            }
+            Values::Summary {
+                quantiles,
+                values,
+                count,
+                sum,
+            } => {
+                for (q, v) in quantiles.iter().zip(values.iter()) {
+                    f("", Some(("quantile", *q)), *v);
+                }
+                f("_sum", None, *sum);
+                f("_count", None, *count);
+            }
+        }
+    }
+}
+
 /// Receives a scrape's series in family-name order.
 pub trait Visitor {
     /// The series that follow, up to the next call, are family `name`'s. Called before the
@@ -184,30 +224,13 @@ fn read_series<'a>(
             }
             Values::Gauge(newest.map_or(0.0, |(_, v)| v) + deltas)
         }
-        Layout::Histogram(n) => {
-            let n = n as usize;
-            words.resize(2 + n, 0);
-            buckets.clear();
-            buckets.resize(n, 0.0);
-            let (mut count, mut sum) = (0.0, 0.0);
-            for s in shards {
-                s.read_consistent(o, words);
-                count += f64::from_bits(words[0]);
-                sum += f64::from_bits(words[1]);
-                for (b, w) in buckets.iter_mut().zip(&words[2..]) {
-                    *b += f64::from_bits(*w);
-                }
-            }
-            Values::Histogram {
-                bounds: fam.buckets(),
-                buckets,
-                count,
-                sum,
-                native: None,
-            }
-        }
-        Layout::Native(n, schema, window) => {
+        Layout::Histogram(n) | Layout::Native(n, ..) => {
             let nu = n as usize;
+            let spec = match meta.layout {
+                Layout::Native(_, schema, window) => Some((schema, window)),
+                _ => None,
+            };
+            let merged = merged.filter(|_| spec.is_some());
             // After the seq word: count, sum, classic buckets, stamp, then the native part;
             // every shard's copy side by side. Without a native reader, the classic part only.
             let len = match &merged {
@@ -232,7 +255,7 @@ fn read_series<'a>(
                 .first()
                 .copied()
                 .unwrap_or(native::DEFAULT_ZERO_THRESHOLD);
-            let native = merged.map(|m| {
+            let native = merged.zip(spec).map(|(m, (schema, window))| {
                 let h = 3 + nu;
                 native::merge(words.chunks(len).map(|p| &p[h..]), schema, window, m);
                 (&*m, zero)

@@ -96,28 +96,12 @@ pub fn apply(
             }
             shard.write_end(o, seq);
         }
-        Layout::Histogram(n) => {
+        Layout::Histogram(n) | Layout::Native(n, ..) => {
             let v = s.value * scale;
             let w = 1.0 / s.rate;
-            let b = bounds.unwrap_or(&[]).partition_point(|&ub| ub < v);
-            let seq = shard.write_begin(o);
-            shard.add_f64(o + 1, w);
-            shard.add_f64(o + 2, v * w);
-            if b < n as usize {
-                shard.add_f64(o + 3 + b as u32, w);
-            }
-            shard.write_end(o, seq);
-        }
-        Layout::Native(n, schema, window) => {
-            let v = s.value * scale;
-            let w = 1.0 / s.rate;
-            // The bounds end with the zero threshold.
+            // A native layout's bounds end with its zero threshold.
             let all = bounds.unwrap_or(&[]);
             let (classic, zero) = all.split_at(usize::from(n).min(all.len()));
-            let zero = zero
-                .first()
-                .copied()
-                .unwrap_or(native::DEFAULT_ZERO_THRESHOLD);
             let b = classic.partition_point(|&ub| ub < v);
             let seq = shard.write_begin(o);
             shard.add_f64(o + 1, w);
@@ -125,7 +109,13 @@ pub fn apply(
             if b < n as usize {
                 shard.add_f64(o + 3 + b as u32, w);
             }
-            native::observe(shard, o + 4 + u32::from(n), schema, window, zero, v, w);
+            if let Layout::Native(_, schema, window) = layout {
+                let zero = zero
+                    .first()
+                    .copied()
+                    .unwrap_or(native::DEFAULT_ZERO_THRESHOLD);
+                native::observe(shard, o + 4 + u32::from(n), schema, window, zero, v, w);
+            }
             shard.write_end(o, seq);
         }
         Layout::Summary(half_ms) => {

@@ -335,7 +335,12 @@ pub fn send_tcp(to: SocketAddr, payload: &[u8]) {
 /// Removes the HTTP/1.1 chunked transfer coding from a response body (`/metrics` streams its
 /// exposition in chunks; [`http`] and [`scrape`] return the body as it came off the wire).
 pub fn dechunk(body: &str) -> String {
-    let mut raw = body.as_bytes();
+    String::from_utf8(dechunk_bytes(body.as_bytes())).expect("the exposition is UTF-8")
+}
+
+/// [`dechunk`] for a binary body (the protobuf exposition).
+pub fn dechunk_bytes(body: &[u8]) -> Vec<u8> {
+    let mut raw = body;
     let mut out = Vec::with_capacity(raw.len());
     while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&raw[..eol]);
@@ -344,7 +349,7 @@ pub fn dechunk(body: &str) -> String {
             .unwrap_or_else(|e| panic!("bad chunk size {size_text:?}: {e}"));
         raw = &raw[eol + 2..];
         if size == 0 {
-            return String::from_utf8(out).expect("the exposition is UTF-8");
+            return out;
         }
         assert!(raw.len() >= size, "truncated chunk");
         out.extend_from_slice(&raw[..size]);
@@ -352,7 +357,7 @@ pub fn dechunk(body: &str) -> String {
             .strip_prefix(b"\r\n")
             .expect("chunk ends in CRLF");
     }
-    panic!("chunked body without its last (0) chunk: {body:?}");
+    panic!("chunked body without its last (0) chunk");
 }
 
 /// `GET /metrics` as a Prometheus server reads it: status 200 asserted, the chunked transfer
@@ -633,13 +638,16 @@ pub const PARTIAL: &str = r#"tallyd_config_reloads_total{outcome="partial"}"#;
 pub const LAST_OK: &str = "tallyd_config_last_reload_successful";
 
 /// Waits until every one of `sent` datagrams to the UDP listener `listener` (its label) was
-/// read or dropped by the kernel (counted in `tallyd_udp_kernel_drops_total`); returns the
-/// scrape.
+/// read or dropped by the kernel (counted in `tallyd_udp_kernel_drops_total`); returns a
+/// scrape taken after that, which holds every line of those datagrams.
 pub async fn wait_datagrams(http: SocketAddr, listener: &str, sent: u64) -> String {
     let dg = format!("tallyd_datagrams_received_total{{listener=\"{listener}\"}}");
     let drops = format!("tallyd_udp_kernel_drops_total{{listener=\"{listener}\"}}");
     wait_until(http, "every datagram read or dropped", |m| {
         value(m, &dg).unwrap_or(0.0) + value(m, &drops).unwrap_or(0.0) == sent as f64
     })
-    .await
+    .await;
+    // A fresh scrape: in the one that saw the last datagram counted, the StatsD families were
+    // read before tallyd's own metrics, so they could predate its lines.
+    scrape_text(http).await
 }
